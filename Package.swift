@@ -1,0 +1,39 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+let package = Package(
+    name: "Tollgate",
+    products: [
+        .executable(name: "tollgate", targets: ["tollgate"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
+    ],
+    targets: [
+        // The only place C headers and macros are touched: epoll, eventfd, SO_ORIGINAL_DST, and later OpenSSL.
+        .target(name: "CTollgateShim"),
+        // The event loop, sockets, timers and the resolver pool: everything that talks to the kernel.
+        .target(name: "TollgateIO", dependencies: ["CTollgateShim"]),
+        // HTTP/1.1 parsing and serialisation over bytes; pure, no I/O.
+        .target(name: "TollgateHTTP"),
+        // Operator-written YAML (daemon config, later rules) read into typed values with file:line:column errors.
+        .target(name: "TollgateConfig", dependencies: [
+            "TollgateIO",
+            .product(name: "Yams", package: "Yams"),
+        ]),
+        // The daemon: listeners, proxy sessions, upstream pool, flow records.
+        .target(name: "TollgateProxy", dependencies: [
+            "TollgateIO", "TollgateHTTP", "TollgateConfig",
+        ]),
+        // The command line.
+        .executableTarget(name: "tollgate", dependencies: [
+            "TollgateProxy",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ]),
+        .testTarget(name: "TollgateHTTPTests", dependencies: ["TollgateHTTP"]),
+        .testTarget(name: "TollgateIOTests", dependencies: ["TollgateIO"]),
+        .testTarget(name: "TollgateConfigTests", dependencies: ["TollgateConfig"]),
+        .testTarget(name: "TollgateProxyTests", dependencies: ["TollgateProxy"]),
+    ]
+)

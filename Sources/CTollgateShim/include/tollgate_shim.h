@@ -1,0 +1,61 @@
+// The thin C layer under Tollgate: syscalls and macros that Swift cannot import or call
+// directly (variadic fcntl, packed epoll_event, SO_ORIGINAL_DST constants).
+#ifndef TOLLGATE_SHIM_H
+#define TOLLGATE_SHIM_H
+
+#include <stdint.h>
+#include <sys/types.h>
+#include <sys/socket.h>
+#include <netinet/in.h>
+
+/// epoll_create1(EPOLL_CLOEXEC).
+int tg_epoll_create(void);
+/// epoll_ctl with the event packed by C: `data` is the (generation << 32 | slot) tag.
+int tg_epoll_ctl(int epfd, int op, int fd, uint32_t events, uint64_t data);
+/// epoll_wait that unpacks the (packed on x86_64) epoll_event array into two plain arrays.
+int tg_epoll_wait(int epfd, uint64_t *datas, uint32_t *events, int max, int timeout_ms);
+
+/// eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC).
+int tg_eventfd(void);
+
+/// accept4 with SOCK_NONBLOCK | SOCK_CLOEXEC.
+int tg_accept(int fd, struct sockaddr_storage *addr, socklen_t *len);
+
+/// fcntl(F_SETFL, flags | O_NONBLOCK); fcntl is variadic and cannot be called from Swift.
+int tg_set_nonblocking(int fd);
+
+/// The pre-NAT destination of a REDIRECTed connection: SO_ORIGINAL_DST for IPv4,
+/// IP6T_SO_ORIGINAL_DST for IPv6 (both 80; linux/netfilter headers clash with netinet/in.h).
+int tg_original_dst(int fd, int family, struct sockaddr_storage *out, socklen_t *len);
+
+/// Socket creation with SOCK_NONBLOCK | SOCK_CLOEXEC.
+int tg_socket(int family, int type);
+
+/// Integer setsockopt.
+int tg_setsockopt_int(int fd, int level, int name, int value);
+/// Integer getsockopt (SO_ERROR after a non-blocking connect).
+int tg_getsockopt_int(int fd, int level, int name, int *value);
+
+/// Constants that import as macros of other macros or enums.
+extern const int TG_EPOLLIN, TG_EPOLLOUT, TG_EPOLLERR, TG_EPOLLHUP, TG_EPOLLRDHUP;
+extern const int TG_EPOLL_CTL_ADD, TG_EPOLL_CTL_MOD, TG_EPOLL_CTL_DEL;
+extern const int TG_SOCK_STREAM, TG_SOL_SOCKET, TG_SO_REUSEADDR, TG_SO_REUSEPORT, TG_SO_ERROR;
+extern const int TG_IPPROTO_TCP, TG_TCP_NODELAY, TG_IPPROTO_IPV6, TG_IPV6_V6ONLY;
+extern const int TG_MSG_NOSIGNAL, TG_MSG_PEEK;
+
+/// send(2) with MSG_NOSIGNAL so a reset peer gives EPIPE instead of killing the process.
+ssize_t tg_send(int fd, const void *buf, size_t len);
+
+/// Blocks SIGPIPE/SIGTERM/SIGHUP/SIGINT in the calling thread (inherited by threads it starts)
+/// and returns a signalfd for them, so signals are read on a loop instead of in a handler.
+int tg_signalfd_for_control_signals(void);
+/// Blocks until a control signal arrives; returns its number, or -1.
+int tg_read_signal(int sfd);
+
+/// Names the calling thread (pthread_setname_np is not visible to Swift on glibc).
+void tg_set_thread_name(const char *name);
+
+/// A blocking eventfd in semaphore mode: each read takes one unit (resolver worker threads wait on it).
+int tg_semaphore_eventfd(void);
+
+#endif

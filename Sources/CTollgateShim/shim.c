@@ -1,0 +1,103 @@
+#define _GNU_SOURCE
+#include "tollgate_shim.h"
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <string.h>
+#include <unistd.h>
+#include <netinet/tcp.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/signalfd.h>
+#include <pthread.h>
+
+// linux/netfilter_ipv4.h and linux/netfilter_ipv6/ip6_tables.h clash with netinet/in.h.
+#define TG_SO_ORIGINAL_DST 80
+#define TG_IP6T_SO_ORIGINAL_DST 80
+
+const int TG_EPOLLIN = EPOLLIN, TG_EPOLLOUT = EPOLLOUT, TG_EPOLLERR = EPOLLERR,
+          TG_EPOLLHUP = EPOLLHUP, TG_EPOLLRDHUP = EPOLLRDHUP;
+const int TG_EPOLL_CTL_ADD = EPOLL_CTL_ADD, TG_EPOLL_CTL_MOD = EPOLL_CTL_MOD,
+          TG_EPOLL_CTL_DEL = EPOLL_CTL_DEL;
+const int TG_SOCK_STREAM = SOCK_STREAM, TG_SOL_SOCKET = SOL_SOCKET, TG_SO_REUSEADDR = SO_REUSEADDR,
+          TG_SO_REUSEPORT = SO_REUSEPORT, TG_SO_ERROR = SO_ERROR;
+const int TG_IPPROTO_TCP = IPPROTO_TCP, TG_TCP_NODELAY = TCP_NODELAY,
+          TG_IPPROTO_IPV6 = IPPROTO_IPV6, TG_IPV6_V6ONLY = IPV6_V6ONLY;
+const int TG_MSG_NOSIGNAL = MSG_NOSIGNAL, TG_MSG_PEEK = MSG_PEEK;
+
+int tg_epoll_create(void) { return epoll_create1(EPOLL_CLOEXEC); }
+
+int tg_epoll_ctl(int epfd, int op, int fd, uint32_t events, uint64_t data) {
+    struct epoll_event ev;
+    memset(&ev, 0, sizeof ev);
+    ev.events = events;
+    ev.data.u64 = data;
+    return epoll_ctl(epfd, op, fd, &ev);
+}
+
+int tg_epoll_wait(int epfd, uint64_t *datas, uint32_t *events, int max, int timeout_ms) {
+    struct epoll_event evs[256];
+    if (max > 256) max = 256;
+    int n = epoll_wait(epfd, evs, max, timeout_ms);
+    for (int i = 0; i < n; i++) {
+        datas[i] = evs[i].data.u64;
+        events[i] = evs[i].events;
+    }
+    return n;
+}
+
+int tg_eventfd(void) { return eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC); }
+
+int tg_accept(int fd, struct sockaddr_storage *addr, socklen_t *len) {
+    *len = sizeof *addr;
+    return accept4(fd, (struct sockaddr *)addr, len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+}
+
+int tg_set_nonblocking(int fd) {
+    int flags = fcntl(fd, F_GETFL);
+    if (flags < 0) return -1;
+    return fcntl(fd, F_SETFL, flags | O_NONBLOCK);
+}
+
+int tg_original_dst(int fd, int family, struct sockaddr_storage *out, socklen_t *len) {
+    *len = sizeof *out;
+    if (family == AF_INET6)
+        return getsockopt(fd, SOL_IPV6, TG_IP6T_SO_ORIGINAL_DST, out, len);
+    return getsockopt(fd, SOL_IP, TG_SO_ORIGINAL_DST, out, len);
+}
+
+int tg_socket(int family, int type) { return socket(family, type | SOCK_NONBLOCK | SOCK_CLOEXEC, 0); }
+
+int tg_setsockopt_int(int fd, int level, int name, int value) {
+    return setsockopt(fd, level, name, &value, sizeof value);
+}
+
+int tg_getsockopt_int(int fd, int level, int name, int *value) {
+    socklen_t len = sizeof *value;
+    return getsockopt(fd, level, name, value, &len);
+}
+
+ssize_t tg_send(int fd, const void *buf, size_t len) { return send(fd, buf, len, MSG_NOSIGNAL); }
+
+int tg_signalfd_for_control_signals(void) {
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGHUP);
+    sigaddset(&set, SIGPIPE);
+    if (pthread_sigmask(SIG_BLOCK, &set, NULL) != 0) return -1;
+    sigdelset(&set, SIGPIPE);
+    return signalfd(-1, &set, SFD_CLOEXEC);  // blocking: the main thread waits on it
+}
+
+int tg_read_signal(int sfd) {
+    struct signalfd_siginfo info;
+    ssize_t n = read(sfd, &info, sizeof info);
+    if (n != sizeof info) return -1;
+    return (int)info.ssi_signo;
+}
+
+void tg_set_thread_name(const char *name) { pthread_setname_np(pthread_self(), name); }
+
+int tg_semaphore_eventfd(void) { return eventfd(0, EFD_SEMAPHORE | EFD_CLOEXEC); }

@@ -1,0 +1,205 @@
+import TollgateIO
+
+/// Size limits; defaults are documented in the README's configuration section.
+public struct Limits: Sendable {
+    /// Longest request line accepted (414 beyond).
+    public var requestLineBytes = 8192
+    /// Largest request or response head (431 beyond).
+    public var headerBytes = 65536
+    /// Most header fields in one head (431 beyond).
+    public var headerCount = 100
+    /// Largest request body; 0 means unlimited (413 beyond).
+    public var bodyBytes = 0
+    /// Output queued toward one side before the other side stops being read.
+    public var bufferHighWater = 256 * 1024
+    /// Queued output below which reading resumes.
+    public var bufferLowWater = 64 * 1024
+    public init() {}
+}
+
+/// Timeouts in nanoseconds; defaults are documented in the README.
+public struct Timeouts: Sendable {
+    public var connect: UInt64 = 10_000_000_000
+    public var response: UInt64 = 60_000_000_000
+    public var sniff: UInt64 = 5_000_000_000
+    public var header: UInt64 = 30_000_000_000
+    public var idle: UInt64 = 120_000_000_000
+    public var upstreamIdle: UInt64 = 60_000_000_000
+    public var drain: UInt64 = 30_000_000_000
+    public init() {}
+}
+
+/// A source network: an address and a prefix length.
+public struct CIDR: Hashable, Sendable, CustomStringConvertible {
+    public let network: IPAddress
+    public let prefix: Int
+
+    /// Parses `10.0.0.0/8`, `10.99.0.2` (a /32), `fd00::/8`.
+    public init?(parsing text: String) {
+        let parts = text.split(separator: "/", maxSplits: 1)
+        guard let ip = IPAddress(parsing: String(parts[0])) else { return nil }
+        let maxPrefix = ip.isV4 ? 32 : 128
+        if parts.count == 2 {
+            guard let prefix = Int(parts[1]), (0...maxPrefix).contains(prefix) else { return nil }
+            self.prefix = prefix
+        } else {
+            prefix = maxPrefix
+        }
+        network = ip
+    }
+
+    public func contains(_ ip: IPAddress) -> Bool { ip.isIn(network: network, prefix: prefix) }
+    public var description: String { "\(network)/\(prefix)" }
+}
+
+/// An agent: a name and the source networks its traffic comes from.
+public struct AgentDefinition: Sendable {
+    public let name: String
+    public let sources: [CIDR]
+}
+
+/// The daemon configuration (`tollgate run --config FILE`).
+public struct Config: Sendable {
+    public var transparent: [SocketAddress] = []
+    public var explicit: [SocketAddress] = []
+    public var admin: SocketAddress?
+    /// Event loops to run; `workers: auto` means one per CPU.
+    public var workers = availableCPUCount()
+    public var rulesDirectory: String?
+    public var caCertificate: String?
+    public var caKey: String?
+    public var logFile: String?
+    public var agents: [AgentDefinition] = []
+    public var limits = Limits()
+    public var timeouts = Timeouts()
+
+    public init() {}
+
+    /// Reads and validates a config file; every problem is reported, located.
+    public static func load(path: String) throws(ConfigErrors) -> Config {
+        let text: String
+        do { text = try readTextFile(path) } catch {
+            throw ConfigErrors(errors: [ConfigError(file: path, line: 1, column: 1, message: "cannot read: \(error)")])
+        }
+        return try parse(text, file: path)
+    }
+
+    public static func parse(_ text: String, file: String) throws(ConfigErrors) -> Config {
+        var config = Config()
+        var errors: [ConfigError] = []
+        let root: YAMLValue?
+        do { root = try YAMLValue.parse(text, file: file) } catch { throw ConfigErrors(errors: [error]) }
+        guard let root else {
+            throw ConfigErrors(errors: [ConfigError(file: file, line: 1, column: 1, message: "empty config: at least one listener is required")])
+        }
+        let sections: Set<String> = ["listen", "workers", "rules", "ca", "log", "agents", "limits", "timeouts"]
+        for (key, value) in root.mapping(allowed: sections, errors: &errors, context: "config") {
+            switch key {
+            case "listen": config.readListen(value, &errors)
+            case "workers": config.readWorkers(value, &errors)
+            case "rules": config.rulesDirectory = value.string(errors: &errors, context: "rules")
+            case "ca":
+                for (field, item) in value.mapping(allowed: ["cert", "key"], errors: &errors, context: "ca") {
+                    let path = item.string(errors: &errors, context: "ca.\(field)")
+                    if field == "cert" { config.caCertificate = path } else { config.caKey = path }
+                }
+            case "log":
+                for (_, item) in value.mapping(allowed: ["file"], errors: &errors, context: "log") {
+                    config.logFile = item.string(errors: &errors, context: "log.file")
+                }
+            case "agents": config.agents = readAgents(value, &errors)
+            case "limits": config.readLimits(value, &errors)
+            case "timeouts": config.readTimeouts(value, &errors)
+            default: break
+            }
+        }
+        if config.transparent.isEmpty && config.explicit.isEmpty && errors.isEmpty {
+            errors.append(root.error("listen: at least one of listen.transparent or listen.explicit is required"))
+        }
+        if config.limits.bufferLowWater >= config.limits.bufferHighWater {
+            errors.append(root.error("limits.buffer_low_water must be below limits.buffer_high_water"))
+        }
+        if !errors.isEmpty { throw ConfigErrors(errors: errors) }
+        return config
+    }
+
+    private mutating func readListen(_ value: YAMLValue, _ errors: inout [ConfigError]) {
+        for (key, item) in value.mapping(allowed: ["transparent", "explicit", "admin"], errors: &errors, context: "listen") {
+            let addresses = item.stringList(errors: &errors, context: "listen.\(key)").compactMap { text, node in
+                let address = SocketAddress(parsing: text)
+                if address == nil { errors.append(node.error("listen.\(key): '\(text)' is not an addr:port (e.g. 0.0.0.0:15001 or [::]:15001)")) }
+                return address
+            }
+            switch key {
+            case "transparent": transparent = addresses
+            case "explicit": explicit = addresses
+            default:
+                if addresses.count > 1 { errors.append(item.error("listen.admin takes one addr:port")) }
+                admin = addresses.first
+            }
+        }
+    }
+
+    private mutating func readWorkers(_ value: YAMLValue, _ errors: inout [ConfigError]) {
+        if case .scalar(let scalar) = value.node, scalar.string == "auto" {
+            workers = max(1, availableCPUCount())
+        } else if let count = value.int(errors: &errors, context: "workers (a number or auto)", range: 1...256) {
+            workers = count
+        }
+    }
+
+    static func readAgents(_ value: YAMLValue, _ errors: inout [ConfigError]) -> [AgentDefinition] {
+        value.namedMapping(errors: &errors, context: "agents").map { name, body in
+            var sources: [CIDR] = []
+            for (key, item) in body.mapping(allowed: ["sources"], errors: &errors, context: "agent '\(name)'") where key == "sources" {
+                for (text, node) in item.stringList(errors: &errors, context: "agents.\(name).sources") {
+                    if let cidr = CIDR(parsing: text) { sources.append(cidr) } else {
+                        errors.append(node.error("agents.\(name).sources: '\(text)' is not an IP address or CIDR"))
+                    }
+                }
+            }
+            return AgentDefinition(name: name, sources: sources)
+        }
+    }
+
+    private mutating func readLimits(_ value: YAMLValue, _ errors: inout [ConfigError]) {
+        let keys: [String: WritableKeyPath<Limits, Int>] = [
+            "request_line_bytes": \.requestLineBytes, "header_bytes": \.headerBytes, "header_count": \.headerCount,
+            "body_bytes": \.bodyBytes, "buffer_high_water": \.bufferHighWater, "buffer_low_water": \.bufferLowWater,
+        ]
+        for (key, item) in value.mapping(allowed: Set(keys.keys), errors: &errors, context: "limits") {
+            let minimum = key == "body_bytes" ? 0 : 16
+            if let number = item.int(errors: &errors, context: "limits.\(key)", range: minimum...(1 << 40)) {
+                limits[keyPath: keys[key]!] = number
+            }
+        }
+    }
+
+    private mutating func readTimeouts(_ value: YAMLValue, _ errors: inout [ConfigError]) {
+        let keys: [String: WritableKeyPath<Timeouts, UInt64>] = [
+            "connect": \.connect, "response": \.response, "sniff": \.sniff, "header": \.header,
+            "idle": \.idle, "upstream_idle": \.upstreamIdle, "drain": \.drain,
+        ]
+        for (key, item) in value.mapping(allowed: Set(keys.keys), errors: &errors, context: "timeouts") {
+            if let nanoseconds = item.duration(errors: &errors, context: "timeouts.\(key)") {
+                if nanoseconds == 0 { errors.append(item.error("timeouts.\(key) must be positive")) }
+                timeouts[keyPath: keys[key]!] = nanoseconds
+            }
+        }
+    }
+}
+
+/// Maps a source address to its agent: the most specific matching network wins.
+public struct AgentDirectory: Sendable {
+    private let entries: [(CIDR, String)]
+
+    public init(_ agents: [AgentDefinition]) {
+        entries = agents.flatMap { agent in agent.sources.map { ($0, agent.name) } }
+            .sorted { $0.0.prefix > $1.0.prefix }
+    }
+
+    /// The agent for `source`, or nil for an unknown source.
+    public func agent(for source: IPAddress) -> String? {
+        entries.first { $0.0.contains(source) }?.1
+    }
+}

@@ -1,0 +1,131 @@
+/// Header names the proxy acts on, recognised once while parsing so later code compares tags.
+public enum KnownHeader: UInt8, Sendable {
+    case other, host, contentLength, transferEncoding, connection, keepAlive, proxyConnection
+    case te, trailer, upgrade, expect, proxyAuthorization, proxyAuthenticate, via, userAgent
+
+    static func classify(_ name: UnsafeRawBufferPointer) -> KnownHeader {
+        switch name.count {
+        case 2: return name.equalsIgnoringCase("te") ? .te : .other
+        case 3: return name.equalsIgnoringCase("via") ? .via : .other
+        case 4: return name.equalsIgnoringCase("host") ? .host : .other
+        case 6: return name.equalsIgnoringCase("expect") ? .expect : .other
+        case 7:
+            if name.equalsIgnoringCase("upgrade") { return .upgrade }
+            return name.equalsIgnoringCase("trailer") ? .trailer : .other
+        case 10:
+            if name.equalsIgnoringCase("connection") { return .connection }
+            if name.equalsIgnoringCase("keep-alive") { return .keepAlive }
+            return name.equalsIgnoringCase("user-agent") ? .userAgent : .other
+        case 14: return name.equalsIgnoringCase("content-length") ? .contentLength : .other
+        case 16: return name.equalsIgnoringCase("proxy-connection") ? .proxyConnection : .other
+        case 17: return name.equalsIgnoringCase("transfer-encoding") ? .transferEncoding : .other
+        case 18: return name.equalsIgnoringCase("proxy-authenticate") ? .proxyAuthenticate : .other
+        case 19: return name.equalsIgnoringCase("proxy-authorization") ? .proxyAuthorization : .other
+        default: return .other
+        }
+    }
+
+    /// Hop-by-hop fields (RFC 9110 §7.6.1) that a proxy never forwards as received.
+    var isHopByHop: Bool {
+        switch self {
+        case .connection, .keepAlive, .proxyConnection, .te, .trailer, .upgrade, .transferEncoding,
+             .proxyAuthorization, .proxyAuthenticate, .contentLength:
+            return true  // Content-Length is rewritten from the validated framing
+        default:
+            return false
+        }
+    }
+}
+
+/// One header field as offsets into the head's byte copy.
+public struct HeaderField: Sendable {
+    public let known: KnownHeader
+    let nameStart: Int32
+    let nameCount: Int32
+    let valueStart: Int32
+    let valueCount: Int32
+}
+
+/// The header fields of one message: a single copy of the head bytes plus field offsets.
+public struct Headers: Sendable {
+    let bytes: [UInt8]
+    public internal(set) var fields: ContiguousArray<HeaderField>
+
+    init(bytes: [UInt8], fields: ContiguousArray<HeaderField>) {
+        self.bytes = bytes
+        self.fields = fields
+    }
+
+    public func name(_ field: HeaderField) -> ArraySlice<UInt8> {
+        bytes[Int(field.nameStart)..<Int(field.nameStart + field.nameCount)]
+    }
+
+    public func value(_ field: HeaderField) -> ArraySlice<UInt8> {
+        bytes[Int(field.valueStart)..<Int(field.valueStart + field.valueCount)]
+    }
+
+    /// The first value of a known header as a String (for records and routing, not for framing).
+    public func first(_ known: KnownHeader) -> String? {
+        guard let field = fields.first(where: { $0.known == known }) else { return nil }
+        return String(decoding: value(field), as: UTF8.self)
+    }
+
+    /// The first value of the header named `name` (ASCII case-insensitive).
+    public func first(named name: String) -> String? {
+        for field in fields where asciiEqualIgnoringCase(self.name(field), name) {
+            return String(decoding: value(field), as: UTF8.self)
+        }
+        return nil
+    }
+
+    /// True when a comma-separated list header of kind `known` contains `token` (case-insensitive).
+    public func listContains(_ known: KnownHeader, token: String) -> Bool {
+        for field in fields where field.known == known {
+            for item in value(field).split(separator: UInt8(ascii: ",")) where asciiEqualIgnoringCase(item.trimmingOWS(), token) {
+                return true
+            }
+        }
+        return false
+    }
+
+    /// Lower-cased tokens of the Connection header: extra hop-by-hop field names (RFC 9110 §7.6.1).
+    func connectionTokens() -> [ArraySlice<UInt8>] {
+        var tokens: [ArraySlice<UInt8>] = []
+        for field in fields where field.known == .connection || field.known == .proxyConnection {
+            for item in value(field).split(separator: UInt8(ascii: ",")) {
+                let token = item.trimmingOWS()
+                if !token.isEmpty { tokens.append(token) }
+            }
+        }
+        return tokens
+    }
+}
+
+func asciiEqualIgnoringCase<C: Collection>(_ bytes: C, _ text: String) -> Bool where C.Element == UInt8 {
+    guard bytes.count == text.utf8.count else { return false }
+    for (a, b) in zip(bytes, text.utf8) where lowerASCII(a) != lowerASCII(b) { return false }
+    return true
+}
+
+@inline(__always)
+func lowerASCII(_ byte: UInt8) -> UInt8 {
+    byte >= 0x41 && byte <= 0x5A ? byte | 0x20 : byte
+}
+
+extension UnsafeRawBufferPointer {
+    func equalsIgnoringCase(_ text: StaticString) -> Bool {
+        guard count == text.utf8CodeUnitCount else { return false }
+        let other = text.utf8Start
+        for i in 0..<count where lowerASCII(self[i]) != lowerASCII(other[i]) { return false }
+        return true
+    }
+}
+
+extension ArraySlice<UInt8> {
+    func trimmingOWS() -> ArraySlice<UInt8> {
+        var slice = self
+        while let first = slice.first, first == 0x20 || first == 0x09 { slice = slice.dropFirst() }
+        while let last = slice.last, last == 0x20 || last == 0x09 { slice = slice.dropLast() }
+        return slice
+    }
+}

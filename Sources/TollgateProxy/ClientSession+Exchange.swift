@@ -1,0 +1,468 @@
+import TollgateHTTP
+import TollgateIO
+
+/// The state of one HTTP request/response exchange.
+struct Exchange {
+    var request: RequestHead
+    var record: FlowRecord
+    var target: RequestTarget
+    var requestDecoder: BodyDecoder
+    var requestChunked: Bool
+    var requestComplete: Bool
+    var requestBodyBytes = 0
+    var responseScanner = HeadScanner()
+    var response: ResponseHead?
+    var responseDecoder = BodyDecoder(framing: .none)
+    var responseChunked = false
+    var responseHeadSent = false
+    var responseComplete = false
+    var responseBodyBytes = 0
+    var closeClientAfter: Bool
+    var upstreamReused = false
+    var awaitingResponse = false
+    let startNanoseconds: UInt64
+}
+
+extension ClientSession {
+    // MARK: Request head
+
+    func readRequestHead() {
+        guard phase == .readingHead else { return }
+        if client.inbound.isEmpty {
+            if client.peerClosed { close() }
+            return
+        }
+        let limits = settings.headLimits
+        do {
+            let found = try client.inbound.withReadableBytes { (bytes) throws(HTTPError) in try scanner.scan(bytes, limits: limits, isRequest: true) }
+            guard let length = found else {
+                if client.peerClosed { close() }
+                return
+            }
+            let head = try client.inbound.withReadableBytes { (bytes) throws(HTTPError) in try HeadParser.parseRequest(bytes, length: length, limits: limits) }
+            client.inbound.consume(length)
+            beginExchange(head)
+        } catch {
+            scanner.reset()
+            respondError(status: error.status, type: error.status == 400 ? "bad_request" : error.reason,
+                         message: "request rejected: \(error.reason)", reason: error.reason)
+        }
+    }
+
+    private func beginExchange(_ head: RequestHead) {
+        exchangeCount += 1
+        var record = newRecord(action: .httpRequest, networkProtocol: "http")
+        record.method = head.method
+        record.httpVersion = head.minorVersion == 1 ? "1.1" : "1.0"
+        record.userAgent = head.headers.first(.userAgent)
+
+        // Where to: the verified original destination (transparent), or the request's own target (explicit).
+        let target: RequestTarget
+        if head.isConnect {
+            guard kind == .explicit, let (host, port) = RequestTarget.parseAuthority(head.target, defaultPort: nil) else {
+                return rejectHead(head, record, status: 400, type: "bad_request", message: "CONNECT needs host:port and the explicit listener")
+            }
+            target = RequestTarget(host: host, port: port, path: "")
+        } else if let absolute = RequestTarget.parseAbsolute(head.target) {
+            target = absolute
+        } else if head.target.hasPrefix("/"), kind == .transparent, let destination = originalDestination {
+            let hostHeader = head.headers.first(.host).flatMap { RequestTarget.parseAuthority($0, defaultPort: destination.port) }
+            target = RequestTarget(host: hostHeader?.0 ?? destination.ip.description, port: destination.port, path: head.target)
+        } else {
+            let message = kind == .explicit ? "the explicit proxy needs an absolute-form target (http://host/path) or CONNECT"
+                                            : "request target must be origin-form"
+            return rejectHead(head, record, status: 400, type: "bad_request", message: message)
+        }
+        record.urlDomain = target.host
+        record.urlPath = head.isConnect ? nil : target.path
+        let authority = target.host.contains(":") ? "[\(target.host)]" : target.host
+        record.urlFull = head.isConnect ? "\(authority):\(target.port)"
+            : "http://\(authority)\(target.port == 80 ? "" : ":\(target.port)")\(target.path)"
+        record.destinationDomain = target.host
+        if head.isConnect { record.action = .tunnel; record.networkProtocol = "tcp" }
+
+        if settings.limits.bodyBytes > 0, case .length(let n) = head.framing, n > settings.limits.bodyBytes {
+            return rejectHead(head, record, status: 413, type: "body_too_large",
+                              message: "request body of \(n) bytes exceeds the limit of \(settings.limits.bodyBytes)")
+        }
+        exchange = Exchange(
+            request: head, record: record, target: target,
+            requestDecoder: BodyDecoder(framing: head.framing), requestChunked: head.framing == .chunked,
+            requestComplete: head.framing == .none || head.framing == .length(0) || head.isConnect,
+            closeClientAfter: !head.keepAlive || draining, startNanoseconds: worker.loop.now)
+        if head.upgrade == nil && !head.isConnect { timer.arm(after: settings.timeouts.response) }
+
+        if kind == .transparent, let destination = originalDestination {
+            attachUpstream(SocketAddress(ip: destination.ip, port: destination.port))
+        } else if let literal = IPAddress(parsing: target.host) {
+            attachUpstream(SocketAddress(ip: literal, port: target.port))
+        } else {
+            resolveAndAttach(host: target.host, port: target.port)
+        }
+    }
+
+    private func rejectHead(_ head: RequestHead, _ record: FlowRecord, status: Int, type: String, message: String) {
+        exchange = Exchange(request: head, record: record, target: RequestTarget(host: "", port: 0, path: ""),
+                            requestDecoder: BodyDecoder(framing: .none), requestChunked: false, requestComplete: true,
+                            closeClientAfter: true, startNanoseconds: worker.loop.now)
+        respondError(status: status, type: type, message: message)
+    }
+
+    // MARK: Upstream
+
+    private func resolveAndAttach(host: String, port: UInt16) {
+        if let cached = worker.dnsCache.lookup(host, now: worker.loop.now) {
+            return attachResolved(host: host, port: port, addresses: cached)
+        }
+        phase = .resolving
+        timer.arm(after: settings.timeouts.connect)
+        let loopBound = UncheckedSendable(self)
+        worker.resolver.resolve(host, on: worker.loop) { addresses in
+            let session = loopBound.value
+            session.worker.dnsCache.store(host, addresses, now: session.worker.loop.now)
+            guard session.phase == .resolving else { return }
+            session.attachResolved(host: host, port: port, addresses: addresses)
+            session.settle()
+        }
+    }
+
+    private func attachResolved(host: String, port: UInt16, addresses: [IPAddress]) {
+        guard let first = addresses.first else {
+            upstreamFailed(type: "upstream_dns_failed", message: "could not resolve \(host)", status: 502)
+            return
+        }
+        attachUpstream(SocketAddress(ip: first, port: port))
+    }
+
+    /// Takes a pooled connection to `destination` or dials a new one, then queues the request.
+    func attachUpstream(_ destination: SocketAddress) {
+        guard var exchange else { return }
+        upstreamDestination = destination
+        exchange.record.destinationIP = destination.ip
+        exchange.record.destinationPort = destination.port
+        if !exchange.request.isConnect, let pooled = worker.pool.take(destination) {
+            exchange.upstreamReused = true
+            self.exchange = exchange
+            upstream = pooled
+            pooled.delegate = self
+            upstreamConnected()
+            return
+        }
+        self.exchange = exchange
+        do {
+            let socket = try Socket.connect(to: destination)
+            let connection = Connection(socket: socket, loop: worker.loop, connecting: true)
+            try connection.start(delegate: self)
+            upstream = connection
+            phase = .connecting
+            timer.arm(after: settings.timeouts.connect)
+        } catch {
+            upstreamFailed(type: "upstream_connect_failed", message: "connect to \(destination) failed: \(error.errno)", status: 502)
+        }
+    }
+
+    func upstreamConnected() {
+        guard let upstream else { return }
+        if let exchange, exchange.request.isConnect {
+            return openConnectTunnel()
+        }
+        if exchange == nil {  // a raw relay was waiting for its connect
+            return beginTunnel(carrying: nil)
+        }
+        phase = .exchanging
+        writeRequestHead(to: upstream)
+        pumpRequestBody()
+        if exchange?.requestComplete == true { exchange?.awaitingResponse = true }
+        timer.arm(after: exchange?.request.upgrade == nil ? settings.timeouts.response : settings.timeouts.idle)
+    }
+
+    private func writeRequestHead(to upstream: Connection) {
+        guard let exchange else { return }
+        let head = exchange.request
+        let addHost = head.headers.fields.contains { $0.known == .host } ? nil : hostHeaderValue(exchange.target)
+        worker.scratch.removeAll(keepingCapacity: true)
+        HeadWriter.writeRequest(head, target: exchange.target.path, addHost: addHost, framing: head.framing, into: &worker.scratch)
+        upstream.outbound.append(worker.scratch)
+    }
+
+    private func hostHeaderValue(_ target: RequestTarget) -> String {
+        let host = target.host.contains(":") ? "[\(target.host)]" : target.host
+        return target.port == 80 ? host : "\(host):\(target.port)"
+    }
+
+    /// Upstream failed before a response could be relayed: answer with a JSON error if we still can.
+    func upstreamFailed(type: String, message: String, status: Int) {
+        upstream?.close()
+        upstream = nil
+        if let exchange, exchange.responseHeadSent {
+            return abort(reason: type, message: message)
+        }
+        if exchange == nil {  // raw relay that never connected
+            var record = newRecord(action: .tcpRelay, networkProtocol: tunnel?.networkProtocol ?? "tcp")
+            record.destinationIP = originalDestination?.ip
+            record.destinationPort = originalDestination?.port
+            record.errorType = type
+            record.errorMessage = message
+            worker.record(record)
+            tunnel = nil
+            return close()
+        }
+        respondError(status: status, type: type, message: message)
+    }
+
+    // MARK: Bodies
+
+    /// Moves request body bytes from the client to the upstream, re-framed, within the buffer bound.
+    func pumpRequestBody() {
+        guard phase == .exchanging, var exchange, !exchange.requestComplete, let upstream else { return }
+        defer { if self.exchange != nil { self.exchange = exchange } }
+        let limit = settings.limits.bodyBytes
+        while upstream.pendingOutput < settings.limits.bufferHighWater {
+            let step: BodyStep
+            do {
+                step = try client.inbound.withReadableBytes { (bytes) throws(HTTPError) in try exchange.requestDecoder.next(bytes) }
+            } catch {
+                self.exchange = exchange
+                respondError(status: 400, type: "bad_request", message: "request body rejected: \(error.reason)", reason: error.reason)
+                return
+            }
+            switch step {
+            case .data(let offset, let count, let consumed):
+                exchange.requestBodyBytes += count
+                if limit > 0 && exchange.requestBodyBytes > limit {
+                    self.exchange = exchange
+                    respondError(status: 413, type: "body_too_large", message: "request body exceeds the limit of \(limit) bytes")
+                    return
+                }
+                forward(from: client.inbound, offset: offset, count: count, to: upstream.outbound, chunked: exchange.requestChunked)
+                client.inbound.consume(consumed)
+            case .needMore(let consumed):
+                client.inbound.consume(consumed)
+                return
+            case .end(let consumed):
+                client.inbound.consume(consumed)
+                if exchange.requestChunked { upstream.outbound.append("0\r\n\r\n" as StaticString) }
+                exchange.requestComplete = true
+                if !exchange.responseComplete { exchange.awaitingResponse = true; timer.arm(after: settings.timeouts.response) }
+                self.exchange = exchange
+                if exchange.responseComplete { finishExchange() }
+                return
+            }
+        }
+    }
+
+    /// Parses the response head (relaying 1xx) and moves body bytes to the client, re-framed.
+    func pumpResponse() {
+        guard phase == .exchanging, let upstream else { return }
+        while var exchange, !exchange.responseComplete {
+            if exchange.response == nil {
+                guard readResponseHead(&exchange, upstream) else { return }
+                if phase != .exchanging { return }
+                continue
+            }
+            if client.pendingOutput >= settings.limits.bufferHighWater { self.exchange = exchange; return }
+            let step: BodyStep
+            do {
+                step = try upstream.inbound.withReadableBytes { (bytes) throws(HTTPError) in try exchange.responseDecoder.next(bytes) }
+            } catch {
+                self.exchange = exchange
+                return abort(reason: "upstream_bad_response", message: "response body rejected: \(error.reason)")
+            }
+            switch step {
+            case .data(let offset, let count, let consumed):
+                exchange.responseBodyBytes += count
+                forward(from: upstream.inbound, offset: offset, count: count, to: client.outbound, chunked: exchange.responseChunked)
+                upstream.inbound.consume(consumed)
+                self.exchange = exchange
+                timer.arm(after: settings.timeouts.idle)
+            case .needMore(let consumed):
+                upstream.inbound.consume(consumed)
+                self.exchange = exchange
+                if upstream.peerClosed {
+                    if exchange.response?.framing == .untilClose { return completeResponse() }
+                    return abort(reason: "upstream_reset", message: "upstream closed in the middle of the response body")
+                }
+                return
+            case .end(let consumed):
+                upstream.inbound.consume(consumed)
+                self.exchange = exchange
+                return completeResponse()
+            }
+        }
+    }
+
+    /// Reads one response head; returns false when more bytes are needed or the exchange ended.
+    private func readResponseHead(_ exchange: inout Exchange, _ upstream: Connection) -> Bool {
+        let limits = settings.headLimits
+        let isHead = exchange.request.isHead
+        do {
+            let found = try upstream.inbound.withReadableBytes { (bytes) throws(HTTPError) in try exchange.responseScanner.scan(bytes, limits: limits, isRequest: false) }
+            guard let length = found else {
+                self.exchange = exchange
+                if upstream.peerClosed { retryOrFail(exchange) }
+                return false
+            }
+            let head = try upstream.inbound.withReadableBytes { (bytes) throws(HTTPError) in try HeadParser.parseResponse(bytes, length: length, limits: limits, requestIsHead: isHead) }
+            upstream.inbound.consume(length)
+            if head.status == 101, exchange.request.upgrade != nil {
+                exchange.response = head
+                exchange.record.statusCode = 101
+                exchange.record.networkProtocol = "websocket"
+                self.exchange = exchange
+                writeResponseHead(head, framing: .none, close: false, upgrade: true)
+                return switchToUpgradedTunnel()
+            }
+            if head.isInformational {
+                writeResponseHead(head, framing: .none, close: false, upgrade: false)
+                self.exchange = exchange
+                return true
+            }
+            var framing = head.framing
+            if framing == .untilClose {
+                // Re-frame as chunked so an HTTP/1.1 client keeps its connection.
+                if exchange.request.minorVersion == 1 { framing = .chunked } else { exchange.closeClientAfter = true }
+            }
+            if !exchange.requestComplete { exchange.closeClientAfter = true }
+            exchange.closeClientAfter = exchange.closeClientAfter || draining
+            exchange.response = head
+            exchange.responseChunked = framing == .chunked
+            exchange.responseDecoder = BodyDecoder(framing: head.framing)
+            exchange.responseHeadSent = true
+            exchange.awaitingResponse = false
+            exchange.record.statusCode = head.status
+            self.exchange = exchange
+            writeResponseHead(head, framing: framing, close: exchange.closeClientAfter, upgrade: false)
+            timer.arm(after: settings.timeouts.idle)
+            return true
+        } catch {
+            self.exchange = exchange
+            upstreamFailed(type: "upstream_bad_response", message: "upstream response rejected: \(error.reason)", status: 502)
+            return false
+        }
+    }
+
+    /// A reused keep-alive connection closed before answering: the server timed it out just as we
+    /// sent. Retry once on a fresh connection when nothing of the request body was consumed.
+    private func retryOrFail(_ exchange: Exchange) {
+        if exchange.upstreamReused && exchange.requestBodyBytes == 0 && exchange.request.framing == .none, let destination = upstreamDestination {
+            upstream?.close()
+            upstream = nil
+            self.exchange?.upstreamReused = false
+            return attachUpstream(destination)
+        }
+        upstreamFailed(type: "upstream_reset", message: "upstream closed the connection before responding", status: 502)
+    }
+
+    private func writeResponseHead(_ head: ResponseHead, framing: BodyFraming, close: Bool, upgrade: Bool) {
+        worker.scratch.removeAll(keepingCapacity: true)
+        HeadWriter.writeResponse(head, framing: framing, close: close, upgrade: upgrade, into: &worker.scratch)
+        client.outbound.append(worker.scratch)
+    }
+
+    private func forward(from source: ByteBuffer, offset: Int, count: Int, to destination: ByteBuffer, chunked: Bool) {
+        if chunked {
+            destination.appendHex(count)
+            destination.append("\r\n" as StaticString)
+        }
+        source.withReadableBytes { destination.append(UnsafeRawBufferPointer(rebasing: $0[offset..<(offset + count)])) }
+        if chunked { destination.append("\r\n" as StaticString) }
+    }
+
+    private func completeResponse() {
+        guard var exchange else { return }
+        if exchange.responseChunked { client.outbound.append("0\r\n\r\n" as StaticString) }
+        exchange.responseComplete = true
+        self.exchange = exchange
+        if exchange.requestComplete { finishExchange() } else {
+            // The server answered before the body was sent (an early 413, say): this connection
+            // cannot be reused and the client's remaining body has nowhere to go.
+            finishExchange()
+        }
+    }
+
+    /// Records the exchange, parks or closes the upstream, and reads the next request or closes.
+    func finishExchange() {
+        guard var exchange else { return }
+        self.exchange = nil
+        finishRecord(&exchange.record, exchange)
+        worker.record(exchange.record)
+        if let upstream, let destination = upstreamDestination {
+            let reusable = exchange.requestComplete && exchange.response?.keepAlive == true
+                && exchange.response?.framing != .untilClose && !upstream.peerClosed && upstream.inbound.isEmpty
+                && !draining
+            if reusable { worker.pool.put(upstream, destination: destination, loop: worker.loop) } else { upstream.close() }
+        }
+        upstream = nil
+        if exchange.closeClientAfter || !exchange.requestComplete || draining {
+            return close()
+        }
+        phase = .readingHead
+        client.inbound.releaseIfEmpty()
+        timer.arm(after: settings.timeouts.idle)
+        readRequestHead()
+    }
+
+    func finishRecord(_ record: inout FlowRecord, _ exchange: Exchange? = nil) {
+        let exchange = exchange ?? self.exchange
+        if let exchange {
+            record.durationNanoseconds = worker.loop.now - exchange.startNanoseconds
+            record.requestBodyBytes = exchange.requestBodyBytes
+            if record.statusCode != nil { record.responseBodyBytes = exchange.responseBodyBytes }
+            record.upstreamReused = upstreamDestination == nil ? nil : exchange.upstreamReused
+        }
+    }
+
+    // MARK: Errors
+
+    /// Answers with Tollgate's own JSON error and closes the client after it.
+    func respondError(status: Int, type: String, message: String, reason: String? = nil) {
+        if let exchange, exchange.responseHeadSent { return abort(reason: type, message: message) }
+        upstream?.close()
+        upstream = nil
+        var record = exchange?.record ?? newRecord(action: .httpRequest, networkProtocol: "http")
+        record.statusCode = status
+        record.errorType = type
+        record.errorMessage = message
+        finishRecord(&record)
+        worker.record(record)
+        exchange = nil
+        var body = JSONWriter(capacity: 128)
+        body.beginObject()
+        body.object("error") { w in
+            w.field("type", type)
+            w.field("message", message)
+        }
+        body.endObject()
+        body.newline()
+        worker.scratch.removeAll(keepingCapacity: true)
+        HeadWriter.writeLocalResponse(status: status, reason: reasonPhrase(status), headers: [("Content-Type", "application/json")],
+                                      body: body.bytes, close: true, into: &worker.scratch)
+        client.outbound.append(worker.scratch)
+        client.flush()
+        close()
+    }
+}
+
+func reasonPhrase(_ status: Int) -> String {
+    switch status {
+    case 200: return "OK"
+    case 400: return "Bad Request"
+    case 403: return "Forbidden"
+    case 408: return "Request Timeout"
+    case 413: return "Content Too Large"
+    case 414: return "URI Too Long"
+    case 421: return "Misdirected Request"
+    case 431: return "Request Header Fields Too Large"
+    case 502: return "Bad Gateway"
+    case 503: return "Service Unavailable"
+    case 504: return "Gateway Timeout"
+    case 505: return "HTTP Version Not Supported"
+    default: return "Error"
+    }
+}
+
+/// Carries a loop-confined object through a `@Sendable` closure that runs back on the same loop.
+struct UncheckedSendable<T>: @unchecked Sendable {  // only dereferenced on the owning loop's thread
+    let value: T
+    init(_ value: T) { self.value = value }
+}

@@ -1,0 +1,268 @@
+import TollgateHTTP
+import TollgateIO
+
+/// One client connection and, at any moment, at most one upstream connection: sniffing,
+/// HTTP exchanges one at a time (pipelined requests wait their turn), or a byte tunnel.
+/// All methods run on the worker's loop.
+final class ClientSession: ConnectionDelegate, TimerTarget {
+    enum Phase {
+        case sniffing, readingHead, resolving, connecting, exchanging, tunnel, closed
+    }
+
+    let worker: Worker
+    let client: Connection
+    let source: SocketAddress
+    let agent: String
+    let kind: ListenerKind
+    /// SO_ORIGINAL_DST for transparent connections.
+    private(set) var originalDestination: SocketAddress?
+    var phase: Phase = .readingHead
+    var upstream: Connection?
+    var upstreamDestination: SocketAddress?
+    lazy var timer = Timer(loop: worker.loop, target: self)
+    var scanner = HeadScanner()
+    var exchange: Exchange?
+    var tunnel: TunnelState?
+    var draining = false
+    /// Backpressure hysteresis per direction.
+    private var clientReadThrottled = false
+    private var upstreamReadThrottled = false
+
+    init(worker: Worker, client: Connection, source: SocketAddress, agent: String, kind: ListenerKind) {
+        self.worker = worker
+        self.client = client
+        self.source = source
+        self.agent = agent
+        self.kind = kind
+    }
+
+    var settings: ProxySettings { worker.settings }
+    var modeName: String { kind == .transparent ? "transparent" : "explicit" }
+
+    func start() {
+        do { try client.start(delegate: self) } catch {
+            Log.warning("registering client \(source): \(error)")
+            worker.sessionEnded(self)
+            return
+        }
+        guard kind == .transparent else {
+            phase = .readingHead
+            timer.arm(after: settings.timeouts.header)
+            return
+        }
+        guard let destination = client.socket.originalDestination(), !isOwnAddress(destination) else {
+            rejectLoop()
+            return
+        }
+        originalDestination = destination
+        phase = .sniffing
+        timer.arm(after: settings.timeouts.sniff)
+    }
+
+    /// A connection that reached the listener without a redirect (or redirected to Tollgate itself).
+    private func isOwnAddress(_ destination: SocketAddress) -> Bool {
+        if settings.ownAddresses.contains(destination) { return true }
+        // Without a NAT entry the "original" destination is simply our own socket address.
+        return client.socket.localAddress() == destination
+    }
+
+    private func rejectLoop() {
+        var record = newRecord(action: .rejected, networkProtocol: "tcp")
+        record.destinationIP = client.socket.originalDestination()?.ip
+        record.destinationPort = client.socket.originalDestination()?.port
+        record.errorType = "loop_detected"
+        record.errorMessage = "connection addressed to Tollgate itself; refused"
+        worker.record(record)
+        close()
+    }
+
+    func newRecord(action: FlowRecord.Action, networkProtocol: String) -> FlowRecord {
+        FlowRecord(start: wallClockMilliseconds(), action: action, source: source,
+                   networkProtocol: networkProtocol, agent: agent, mode: modeName)
+    }
+
+    // MARK: Connection events
+
+    func connectionReadable(_ connection: Connection) {
+        if connection === client { clientReadable() } else { upstreamReadable() }
+        settle()
+    }
+
+    func connectionWritable(_ connection: Connection) {
+        // Output drained: whatever was held back for backpressure can move now.
+        if connection === client {
+            if phase == .exchanging { pumpResponse() } else if phase == .tunnel { relay() }
+        } else {
+            if phase == .exchanging { pumpRequestBody() } else if phase == .tunnel { relay() }
+        }
+        settle()
+    }
+
+    func connectionConnected(_ connection: Connection, error: Errno?) {
+        guard connection === upstream else { return }
+        if let error {
+            upstream = nil
+            upstreamFailed(type: "upstream_connect_failed", message: "connect to \(upstreamDestination.map { "\($0)" } ?? "?") failed: \(error)", status: 502)
+        } else {
+            upstreamConnected()
+        }
+        settle()
+    }
+
+    func connectionFailed(_ connection: Connection, error: Errno) {
+        if connection === client {
+            abort(reason: "client_reset", message: "client connection failed: \(error)")
+            return
+        }
+        upstream = nil
+        if phase == .tunnel { finishTunnel(error: ("upstream_reset", "\(error)")); return }
+        upstreamFailed(type: "upstream_reset", message: "upstream connection failed: \(error)", status: 502)
+        settle()
+    }
+
+    func timerFired(_ timer: Timer) {
+        switch phase {
+        case .sniffing:
+            // Nothing sent yet: a server-speaks-first protocol (SSH, SMTP...). Relay it as raw TCP.
+            startRawRelay(networkProtocol: "tcp")
+        case .readingHead:
+            if client.inbound.isEmpty && exchangeCount > 0 || client.inbound.isEmpty && draining {
+                close()
+            } else {
+                respondError(status: 408, type: "request_timeout", message: "request head not received in time")
+            }
+        case .resolving, .connecting:
+            upstreamFailed(type: "upstream_timeout", message: "connecting to the upstream timed out", status: 504)
+        case .exchanging:
+            if exchange?.responseHeadSent == false {
+                upstreamFailed(type: "upstream_timeout", message: "upstream did not answer in time", status: 504)
+            } else {
+                abort(reason: "idle_timeout", message: "transfer stalled")
+            }
+        case .tunnel:
+            finishTunnel(error: ("idle_timeout", "tunnel idle"))
+        case .closed:
+            break
+        }
+        settle()
+    }
+
+    // MARK: Flow control
+
+    /// After every event: apply backpressure with hysteresis, flush both sides, re-arm timers.
+    func settle() {
+        guard phase != .closed else { return }
+        let limits = settings.limits
+        if let upstream, !upstream.isClosed {
+            let pending = upstream.pendingOutput
+            if pending >= limits.bufferHighWater { clientReadThrottled = true } else if pending <= limits.bufferLowWater { clientReadThrottled = false }
+        } else if client.inbound.readableBytes >= limits.bufferHighWater {
+            clientReadThrottled = true
+        } else {
+            clientReadThrottled = false
+        }
+        let pendingToClient = client.pendingOutput
+        if pendingToClient >= limits.bufferHighWater { upstreamReadThrottled = true } else if pendingToClient <= limits.bufferLowWater { upstreamReadThrottled = false }
+
+        switch phase {
+        case .sniffing, .readingHead:
+            client.wantsRead = true
+        case .resolving, .connecting:
+            client.wantsRead = client.inbound.readableBytes < limits.bufferHighWater
+        case .exchanging:
+            if exchange?.requestComplete == true {
+                // Pipelined requests wait in the buffer, bounded, until this exchange is done.
+                client.wantsRead = client.inbound.readableBytes < 64 * 1024 && !client.peerClosed
+            } else {
+                client.wantsRead = !clientReadThrottled
+            }
+        case .tunnel:
+            client.wantsRead = !clientReadThrottled
+        case .closed:
+            break
+        }
+        if let upstream, !upstream.isClosed { upstream.wantsRead = !upstreamReadThrottled }
+        upstream?.flush()
+        client.flush()
+    }
+
+    // MARK: Sniffing
+
+    private func clientReadable() {
+        switch phase {
+        case .sniffing:
+            let sniffed = client.inbound.withReadableBytes { SniffedProtocol.classify($0) }
+            switch sniffed {
+            case .http:
+                phase = .readingHead
+                timer.arm(after: settings.timeouts.header)
+                readRequestHead()
+            case .tls:
+                startRawRelay(networkProtocol: "tls")  // interception arrives with the TLS issue
+            case .other:
+                startRawRelay(networkProtocol: "tcp")
+            case .undecided:
+                if client.peerClosed { startRawRelay(networkProtocol: "tcp") }
+            }
+        case .readingHead:
+            readRequestHead()
+        case .exchanging:
+            pumpRequestBody()
+            if let exchange, exchange.requestComplete == false, client.peerClosed {
+                abort(reason: "client_closed", message: "client closed before sending the whole request body")
+            }
+        case .tunnel:
+            relay()
+        case .resolving, .connecting:
+            if client.peerClosed && exchange?.requestComplete == false && client.inbound.isEmpty {
+                abort(reason: "client_closed", message: "client closed before the request was sent")
+            }
+        case .closed:
+            break
+        }
+    }
+
+    private func upstreamReadable() {
+        switch phase {
+        case .exchanging: pumpResponse()
+        case .tunnel: relay()
+        default: break
+        }
+    }
+
+    // MARK: Ending
+
+    /// SIGTERM: idle connections close now; busy ones close after the current exchange.
+    func drain() {
+        draining = true
+        if phase == .readingHead && client.inbound.isEmpty { close() }
+    }
+
+    /// Tears everything down, recording the in-flight exchange (if any) as failed.
+    func abort(reason: String, message: String) {
+        if var record = exchange?.record {
+            record.errorType = reason
+            record.errorMessage = message
+            finishRecord(&record)
+            worker.record(record)
+            exchange = nil
+        }
+        if tunnel != nil { finishTunnel(error: (reason, message)); return }
+        upstream?.close()
+        upstream = nil
+        close()
+    }
+
+    /// Closes the client (gracefully, so queued bytes go out) and leaves the worker.
+    func close() {
+        guard phase != .closed else { return }
+        phase = .closed
+        timer.cancel()
+        upstream?.close()
+        upstream = nil
+        client.closeGracefully()
+        worker.sessionEnded(self)
+    }
+
+    var exchangeCount = 0
+}

@@ -1,0 +1,73 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CTollgateShim
+import Synchronization
+import TollgateConfig
+import TollgateHTTP
+import TollgateIO
+
+/// Starts the workers for a config and runs until SIGTERM/SIGINT has drained them.
+public final class Daemon {
+    private let config: Config
+
+    public init(config: Config) {
+        self.config = config
+    }
+
+    /// Binds every listener (failing fast if one cannot be bound), then serves. Returns after a drain.
+    public func run() throws(SystemError) {
+        // Block the control signals before any thread starts, so only the signalfd sees them.
+        let signals = tg_signalfd_for_control_signals()
+        let flowLog = FlowLog(path: config.logFile)
+        flowLog.start()
+        let resolver = Resolver()
+        let settings = ProxySettings(
+            limits: config.limits, timeouts: config.timeouts,
+            headLimits: HeadLimits(requestLineBytes: config.limits.requestLineBytes, headerBytes: config.limits.headerBytes,
+                                   headerCount: config.limits.headerCount),
+            agents: AgentDirectory(config.agents),
+            ownAddresses: Set(config.transparent + config.explicit + (config.admin.map { [$0] } ?? [])))
+
+        var workers: [Worker] = []
+        for index in 0..<max(1, config.workers) {
+            let loop = try EventLoop(index: index)
+            let worker = Worker(loop: loop, settings: settings, flowLog: flowLog, resolver: resolver)
+            for address in config.transparent { try worker.listen(on: address, kind: .transparent) }
+            for address in config.explicit { try worker.listen(on: address, kind: .explicit) }
+            if index == 0, let admin = config.admin { try worker.listen(on: admin, kind: .admin) }
+            workers.append(worker)
+        }
+        let running = Atomic<Int>(workers.count)
+        for worker in workers {
+            let bound = UncheckedSendable(worker)
+            startThread(name: "tollgate-loop\(worker.loop.index)") {
+                bound.value.loop.run()
+                running.subtract(1, ordering: .releasing)
+            }
+        }
+        Log.info("serving: transparent \(config.transparent), explicit \(config.explicit), admin \(config.admin.map { "\($0)" } ?? "none"), \(workers.count) worker(s)")
+
+        waitForTermination(signals)
+        Log.info("draining (deadline \(config.timeouts.drain / 1_000_000_000)s)")
+        for worker in workers {
+            let bound = UncheckedSendable(worker)
+            worker.loop.execute {
+                let worker = bound.value
+                worker.beginDrain { worker.loop.stop() }
+            }
+        }
+        while running.load(ordering: .acquiring) > 0 { usleep(10_000) }
+        flowLog.stop()
+        Log.info("stopped")
+    }
+
+    /// Blocks the main thread on the signalfd; SIGHUP is reserved for rule reload (policy issue).
+    private func waitForTermination(_ signals: CInt) {
+        while true {
+            let signal = tg_read_signal(signals)
+            if signal == SIGTERM || signal == SIGINT { return }
+            if signal == SIGHUP { Log.info("SIGHUP received: reload is not configured yet; ignoring") }
+        }
+    }
+}

@@ -1,0 +1,113 @@
+// TollgateProxy: the daemon — listeners, proxy sessions, the upstream pool and flow records.
+import TollgateIO
+
+/// One flow: an HTTP exchange, a tunnel, a raw TCP relay or a refused connection. Field names
+/// follow ECS; `tollgate.*` holds our own. Later issues add fields (TLS, rule, budget) here.
+public struct FlowRecord {
+    public enum Action: String { case httpRequest = "http_request", tunnel, tcpRelay = "tcp_relay", rejected }
+
+    public var timestampMilliseconds: Int64
+    public var durationNanoseconds: UInt64 = 0
+    public var action: Action
+    public var sourceIP: IPAddress
+    public var sourcePort: UInt16
+    public var destinationIP: IPAddress?
+    public var destinationPort: UInt16?
+    public var destinationDomain: String?
+    /// Bytes the client sent / received over the whole flow (tunnels, relays).
+    public var sourceBytes: Int?
+    public var destinationBytes: Int?
+    public var urlFull: String?
+    public var urlDomain: String?
+    public var urlPath: String?
+    public var httpVersion: String?
+    public var method: String?
+    public var requestBodyBytes: Int?
+    public var statusCode: Int?
+    public var responseBodyBytes: Int?
+    public var userAgent: String?
+    /// `http`, `websocket`, `tls`, `tcp`.
+    public var networkProtocol: String
+    public var agent: String
+    /// `transparent` or `explicit`.
+    public var mode: String
+    public var upstreamReused: Bool?
+    public var errorType: String?
+    public var errorMessage: String?
+
+    public init(start: Int64, action: Action, source: SocketAddress, networkProtocol: String, agent: String, mode: String) {
+        timestampMilliseconds = start
+        self.action = action
+        sourceIP = source.ip
+        sourcePort = source.port
+        self.networkProtocol = networkProtocol
+        self.agent = agent
+        self.mode = mode
+    }
+
+    /// Appends the record as one JSON line.
+    public func encode(into out: inout JSONWriter) {
+        out.beginObject()
+        out.key("@timestamp"); out.timestamp(milliseconds: timestampMilliseconds)
+        out.object("event") { w in
+            w.field("action", action.rawValue)
+            w.field("duration", Int(durationNanoseconds))
+            w.field("outcome", errorType == nil ? "success" : "failure")
+        }
+        out.object("source") { w in
+            w.field("ip", sourceIP.description)
+            w.field("port", Int(sourcePort))
+            w.field("bytes", sourceBytes)
+        }
+        if destinationIP != nil || destinationDomain != nil {
+            out.object("destination") { w in
+                w.field("ip", destinationIP?.description)
+                w.field("port", destinationPort.map(Int.init))
+                w.field("domain", destinationDomain)
+                w.field("bytes", destinationBytes)
+            }
+        }
+        if urlFull != nil {
+            out.object("url") { w in
+                w.field("full", urlFull)
+                w.field("domain", urlDomain)
+                w.field("path", urlPath)
+            }
+        }
+        if method != nil || statusCode != nil {
+            out.object("http") { w in
+                w.field("version", httpVersion)
+                if method != nil || requestBodyBytes != nil {
+                    w.object("request") { w in
+                        w.field("method", method)
+                        w.object("body") { $0.field("bytes", requestBodyBytes ?? 0) }
+                    }
+                }
+                if let statusCode {
+                    w.object("response") { w in
+                        w.field("status_code", statusCode)
+                        w.object("body") { $0.field("bytes", responseBodyBytes ?? 0) }
+                    }
+                }
+            }
+        }
+        if let userAgent { out.object("user_agent") { $0.field("original", userAgent) } }
+        out.object("network") { w in
+            w.field("protocol", networkProtocol)
+            w.field("transport", "tcp")
+        }
+        out.object("tollgate") { w in
+            w.field("agent", agent)
+            w.field("mode", mode)
+            w.field("upstream_reused", upstreamReused)
+        }
+        if let errorType {
+            out.object("error") { w in
+                w.field("type", errorType)
+                w.field("message", errorMessage)
+            }
+        }
+        out.endObject()
+        out.newline()
+    }
+}

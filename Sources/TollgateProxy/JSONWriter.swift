@@ -1,0 +1,121 @@
+/// Writes JSON straight into bytes: no Foundation coders on the per-request path.
+public struct JSONWriter {
+    public private(set) var bytes: [UInt8] = []
+    private var needsComma = false
+
+    public init(capacity: Int = 1024) { bytes.reserveCapacity(capacity) }
+
+    public mutating func reset() { bytes.removeAll(keepingCapacity: true); needsComma = false }
+
+    public mutating func beginObject() { separator(); bytes.append(UInt8(ascii: "{")); needsComma = false }
+    public mutating func endObject() { bytes.append(UInt8(ascii: "}")); needsComma = true }
+    public mutating func newline() { bytes.append(0x0A); needsComma = false }
+
+    public mutating func key(_ name: String) {
+        separator()
+        string(name)
+        bytes.append(UInt8(ascii: ":"))
+        needsComma = false
+    }
+
+    public mutating func object(_ name: String, _ body: (inout JSONWriter) -> Void) {
+        key(name)
+        beginObject()
+        body(&self)
+        endObject()
+    }
+
+    public mutating func field(_ name: String, _ value: String?) {
+        guard let value else { return }
+        key(name)
+        string(value)
+        needsComma = true
+    }
+
+    public mutating func field(_ name: String, _ value: Int?) {
+        guard let value else { return }
+        key(name)
+        integer(value)
+        needsComma = true
+    }
+
+    public mutating func field(_ name: String, _ value: Bool?) {
+        guard let value else { return }
+        key(name)
+        appendASCII(value ? "true" : "false")
+        needsComma = true
+    }
+
+    /// An ISO 8601 UTC timestamp with milliseconds, from Unix milliseconds.
+    public mutating func timestamp(milliseconds: Int64) {
+        let days = Int(milliseconds / 86_400_000)
+        let msOfDay = Int(milliseconds % 86_400_000)
+        let (year, month, day) = civilDate(daysSinceEpoch: days)
+        bytes.append(UInt8(ascii: "\""))
+        padded(year, 4); bytes.append(UInt8(ascii: "-")); padded(month, 2); bytes.append(UInt8(ascii: "-")); padded(day, 2)
+        bytes.append(UInt8(ascii: "T"))
+        padded(msOfDay / 3_600_000, 2); bytes.append(UInt8(ascii: ":"))
+        padded(msOfDay / 60_000 % 60, 2); bytes.append(UInt8(ascii: ":"))
+        padded(msOfDay / 1000 % 60, 2); bytes.append(UInt8(ascii: "."))
+        padded(msOfDay % 1000, 3)
+        bytes.append(contentsOf: [UInt8(ascii: "Z"), UInt8(ascii: "\"")])
+        needsComma = true
+    }
+
+    public mutating func string(_ value: String) {
+        bytes.append(UInt8(ascii: "\""))
+        for byte in value.utf8 {
+            switch byte {
+            case UInt8(ascii: "\""): appendASCII("\\\"")
+            case UInt8(ascii: "\\"): appendASCII("\\\\")
+            case 0x0A: appendASCII("\\n")
+            case 0x0D: appendASCII("\\r")
+            case 0x09: appendASCII("\\t")
+            case 0..<0x20, 0x7F:
+                appendASCII("\\u00")
+                bytes.append(hexDigit(byte >> 4))
+                bytes.append(hexDigit(byte & 0xF))
+            default: bytes.append(byte)
+            }
+        }
+        bytes.append(UInt8(ascii: "\""))
+    }
+
+    private mutating func separator() { if needsComma { bytes.append(UInt8(ascii: ",")) } }
+
+    private mutating func integer(_ value: Int) {
+        if value < 0 { bytes.append(UInt8(ascii: "-")); integer(-value); return }
+        if value >= 10 { integer(value / 10) }
+        bytes.append(UInt8(ascii: "0") + UInt8(value % 10))
+    }
+
+    private mutating func padded(_ value: Int, _ width: Int) {
+        var divisor = 1
+        for _ in 1..<width { divisor *= 10 }
+        var v = value
+        while divisor > 0 {
+            bytes.append(UInt8(ascii: "0") + UInt8(v / divisor % 10))
+            v %= divisor
+            divisor /= 10
+        }
+    }
+
+    private mutating func appendASCII(_ text: StaticString) {
+        bytes.append(contentsOf: UnsafeBufferPointer(start: text.utf8Start, count: text.utf8CodeUnitCount))
+    }
+
+    private func hexDigit(_ v: UInt8) -> UInt8 { v < 10 ? 0x30 + v : 0x61 + v - 10 }
+}
+
+/// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm).
+func civilDate(daysSinceEpoch: Int) -> (year: Int, month: Int, day: Int) {
+    let z = daysSinceEpoch + 719_468
+    let era = (z >= 0 ? z : z - 146_096) / 146_097
+    let doe = z - era * 146_097
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100)
+    let mp = (5 * doy + 2) / 153
+    let day = doy - (153 * mp + 2) / 5 + 1
+    let month = mp < 10 ? mp + 3 : mp - 9
+    return (yoe + era * 400 + (month <= 2 ? 1 : 0), month, day)
+}

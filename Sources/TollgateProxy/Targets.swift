@@ -1,0 +1,59 @@
+import TollgateIO
+
+/// Where a request goes: a host (name or literal) and port, plus the origin-form path.
+struct RequestTarget: Equatable {
+    var host: String
+    var port: UInt16
+    var path: String
+
+    /// `http://host[:port]/path` (absolute-form, RFC 9112 §3.2.2); only the http scheme.
+    static func parseAbsolute(_ target: String) -> RequestTarget? {
+        let lower = target.utf8.prefix(7).map { $0 | 0x20 }
+        guard lower == Array("http://".utf8) else { return nil }
+        let rest = target.dropFirst(7)
+        let slash = rest.firstIndex(where: { $0 == "/" || $0 == "?" }) ?? rest.endIndex
+        guard let (host, port) = parseAuthority(String(rest[..<slash]), defaultPort: 80) else { return nil }
+        var path = String(rest[slash...])
+        if path.isEmpty { path = "/" } else if path.hasPrefix("?") { path = "/" + path }
+        return RequestTarget(host: host, port: port, path: path)
+    }
+
+    /// `host:port` or `[v6]:port` (CONNECT's authority-form), or a Host header value.
+    static func parseAuthority(_ authority: String, defaultPort: UInt16?) -> (String, UInt16)? {
+        guard !authority.isEmpty, !authority.contains("@") else { return nil }
+        var host = Substring(authority)
+        var port = defaultPort
+        if host.hasPrefix("[") {
+            guard let close = host.firstIndex(of: "]") else { return nil }
+            let after = host[host.index(after: close)...]
+            if after.hasPrefix(":") { port = UInt16(after.dropFirst()) } else if !after.isEmpty { return nil }
+            host = host[host.index(after: host.startIndex)..<close]
+        } else if let colon = host.lastIndex(of: ":") {
+            port = UInt16(host[host.index(after: colon)...])
+            host = host[..<colon]
+        }
+        guard let port, port > 0, !host.isEmpty else { return nil }
+        let valid = host.utf8.allSatisfy { b in
+            (b >= 0x30 && b <= 0x39) || (b | 0x20 >= 0x61 && b | 0x20 <= 0x7A) || b == 0x2D || b == 0x2E || b == 0x3A || b == 0x5F
+        }
+        return valid ? (String(host).lowercased(), port) : nil
+    }
+}
+
+/// What the first bytes of a redirected connection look like.
+enum SniffedProtocol: Equatable {
+    case tls, http, other
+    /// Not enough bytes yet to tell.
+    case undecided
+
+    /// A TLS handshake record starts 0x16 0x03; an HTTP request starts with an upper-case method and a space.
+    static func classify(_ bytes: UnsafeRawBufferPointer) -> SniffedProtocol {
+        guard let first = bytes.first else { return .undecided }
+        if first == 0x16 { return .tls }
+        for (index, byte) in bytes.enumerated() {
+            if byte == 0x20 { return index > 0 ? .http : .other }
+            if !(byte >= 0x41 && byte <= 0x5A) || index >= 16 { return .other }
+        }
+        return .undecided
+    }
+}

@@ -1,0 +1,71 @@
+import TollgateIO
+
+/// Idle keep-alive upstream connections of one loop, per destination: bounded per destination,
+/// closed after `upstream_idle`, and closed at once if the server sends anything or hangs up
+/// while idle (such a connection can never carry a clean next response).
+final class UpstreamPool {
+    private var idle: [SocketAddress: [PooledConnection]] = [:]
+    private let maxPerDestination: Int
+    private let idleTimeout: UInt64
+
+    init(maxPerDestination: Int = 32, idleTimeout: UInt64) {
+        self.maxPerDestination = maxPerDestination
+        self.idleTimeout = idleTimeout
+    }
+
+    /// The most recently parked live connection to `destination`, if any.
+    func take(_ destination: SocketAddress) -> Connection? {
+        while let entry = idle[destination]?.popLast() {
+            entry.timer?.cancel()
+            if !entry.connection.isClosed { return entry.connection }
+        }
+        return nil
+    }
+
+    /// Parks a connection whose last response was read completely.
+    func put(_ connection: Connection, destination: SocketAddress, loop: EventLoop) {
+        var list = idle[destination, default: []]
+        if list.count >= maxPerDestination {
+            list.removeFirst().connection.close()
+        }
+        let entry = PooledConnection(connection: connection, destination: destination, pool: self)
+        let timer = Timer(loop: loop, target: entry)
+        timer.arm(after: idleTimeout)
+        entry.timer = timer
+        connection.delegate = entry
+        connection.wantsRead = true
+        list.append(entry)
+        idle[destination] = list
+    }
+
+    fileprivate func discard(_ entry: PooledConnection) {
+        entry.connection.close()
+        idle[entry.destination]?.removeAll { $0 === entry }
+        if idle[entry.destination]?.isEmpty == true { idle[entry.destination] = nil }
+    }
+
+    func closeAll() {
+        for list in idle.values { for entry in list { entry.connection.close() } }
+        idle.removeAll()
+    }
+}
+
+/// Watches one parked connection.
+private final class PooledConnection: ConnectionDelegate, TimerTarget {
+    let connection: Connection
+    let destination: SocketAddress
+    unowned let pool: UpstreamPool
+    var timer: Timer?
+
+    init(connection: Connection, destination: SocketAddress, pool: UpstreamPool) {
+        self.connection = connection
+        self.destination = destination
+        self.pool = pool
+    }
+
+    func connectionReadable(_ connection: Connection) { pool.discard(self) }
+    func connectionWritable(_ connection: Connection) {}
+    func connectionConnected(_ connection: Connection, error: Errno?) {}
+    func connectionFailed(_ connection: Connection, error: Errno) { pool.discard(self) }
+    func timerFired(_ timer: Timer) { pool.discard(self) }
+}

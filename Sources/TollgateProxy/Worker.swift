@@ -1,0 +1,109 @@
+import TollgateConfig
+import TollgateHTTP
+import TollgateIO
+
+/// Settings every session reads, fixed at start-up.
+struct ProxySettings: Sendable {
+    let limits: Limits
+    let timeouts: Timeouts
+    let headLimits: HeadLimits
+    let agents: AgentDirectory
+    /// Addresses Tollgate itself listens on: a redirected connection headed there is a loop.
+    let ownAddresses: Set<SocketAddress>
+}
+
+/// How a client reached Tollgate.
+enum ListenerKind: Sendable {
+    case transparent, explicit, admin
+}
+
+/// One event loop and what lives on it: listeners, sessions, the upstream pool and the DNS cache.
+/// Loop-confined: every method runs on `loop`'s thread.
+final class Worker: TimerTarget, @unchecked Sendable {  // confined to `loop`'s thread; crossed only via loop.execute
+    let loop: EventLoop
+    let settings: ProxySettings
+    let flowLog: FlowLog
+    let resolver: Resolver
+    let dnsCache = ResolverCache()
+    let pool: UpstreamPool
+    private var listeners: [Listener] = []
+    private var sessions: [ObjectIdentifier: ClientSession] = [:]
+    private(set) var draining = false
+    private var drainTimer: Timer?
+    private var onDrained: (@Sendable () -> Void)?
+    /// Reused for serialising heads and records, so the steady state does not allocate them.
+    var scratch: [UInt8] = []
+    private var json = JSONWriter()
+
+    init(loop: EventLoop, settings: ProxySettings, flowLog: FlowLog, resolver: Resolver) {
+        self.loop = loop
+        self.settings = settings
+        self.flowLog = flowLog
+        self.resolver = resolver
+        pool = UpstreamPool(idleTimeout: settings.timeouts.upstreamIdle)
+        scratch.reserveCapacity(4096)
+    }
+
+    func listen(on address: SocketAddress, kind: ListenerKind) throws(SystemError) {
+        let listener = try Listener(address: address, loop: loop, reusePort: kind != .admin, onAccept: { [unowned self] socket, peer in
+            accepted(socket, peer: peer, kind: kind)
+        }, onError: { error in
+            Log.warning("accept on \(address): \(error)")
+        })
+        listeners.append(listener)
+    }
+
+    private func accepted(_ socket: Socket, peer: SocketAddress, kind: ListenerKind) {
+        if kind == .admin {
+            AdminSession(socket: socket, loop: loop).start()
+            return
+        }
+        let connection = Connection(socket: socket, loop: loop, connecting: false)
+        let agent = settings.agents.agent(for: peer.ip) ?? "unknown"
+        let session = ClientSession(worker: self, client: connection, source: peer, agent: agent, kind: kind)
+        sessions[ObjectIdentifier(session)] = session
+        session.start()
+    }
+
+    func sessionEnded(_ session: ClientSession) {
+        sessions[ObjectIdentifier(session)] = nil
+        if draining && sessions.isEmpty { finishDrain() }
+    }
+
+    /// Writes a flow record to the log pipeline.
+    func record(_ record: FlowRecord) {
+        json.reset()
+        record.encode(into: &json)
+        flowLog.submit(json.bytes)
+    }
+
+    /// SIGTERM: stop accepting, let in-flight exchanges finish until `deadline`, then close the rest.
+    func beginDrain(onDrained: @escaping @Sendable () -> Void) {
+        guard !draining else { return }
+        draining = true
+        self.onDrained = onDrained
+        for listener in listeners { listener.close() }
+        listeners.removeAll()
+        pool.closeAll()
+        for session in Array(sessions.values) { session.drain() }
+        if sessions.isEmpty { finishDrain(); return }
+        let timer = Timer(loop: loop, target: self)
+        timer.arm(after: settings.timeouts.drain)
+        drainTimer = timer
+    }
+
+    func timerFired(_ timer: Timer) { forceClose() }
+
+    private func forceClose() {
+        Log.warning("drain deadline passed on loop \(loop.index): closing \(sessions.count) connection(s)")
+        for session in Array(sessions.values) { session.abort(reason: "shutdown", message: "drain deadline passed") }
+        if !sessions.isEmpty { sessions.removeAll(); finishDrain() }
+    }
+
+    private func finishDrain() {
+        drainTimer?.cancel()
+        let done = onDrained
+        onDrained = nil
+        done?()
+    }
+}
