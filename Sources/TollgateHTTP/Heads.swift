@@ -59,6 +59,7 @@ public struct HeadScanner: Sendable {
                 if isRequest && lineStart == 0 && i - 1 > limits.requestLineBytes { throw .requestLineTooLong }
                 if i - lineStart == 1 && lineStart > 0 {
                     reset()
+                    if i + 1 > limits.headerBytes { throw .headerBlockTooLarge }
                     return i + 1
                 }
                 lineStart = i + 1

@@ -82,6 +82,7 @@ public final class Connection: EventHandler, TimerTarget {
         registration = nil
         lingerTimer?.cancel()
         socket.close()
+        outbound.removeAll()
         delegate = nil
     }
 
@@ -141,7 +142,17 @@ public final class Connection: EventHandler, TimerTarget {
             if wantsRead && !peerClosed {
                 readOnce()
             } else if events.contains(.failed) {
-                fail(socket.pendingError() ?? .connectionReset)
+                if let error = socket.pendingError() {
+                    fail(error)
+                } else if peerClosed && outbound.isEmpty {
+                    // Both directions ended in order (our FIN and theirs); level-triggered HUP
+                    // would repeat forever, so the socket is done: let the driver see it closed.
+                    let delegate = self.delegate
+                    close()
+                    delegate?.connectionReadable(self)
+                } else {
+                    fail(.connectionReset)
+                }
             }
         }
     }

@@ -1,0 +1,96 @@
+import Testing
+@testable import TollgateHTTP
+
+/// Parses `text` as a request head the way a session does: scan for the end, then parse.
+func parseRequest(_ text: String, limits: HeadLimits = HeadLimits()) throws(HTTPError) -> RequestHead? {
+    let bytes = Array(text.utf8)
+    var scanner = HeadScanner()
+    let result: Result<RequestHead?, HTTPError> = bytes.withUnsafeBytes { raw in
+        do throws(HTTPError) {
+            guard let length = try scanner.scan(raw, limits: limits, isRequest: true) else { return .success(nil) }
+            return .success(try HeadParser.parseRequest(raw, length: length, limits: limits))
+        } catch { return .failure(error) }
+    }
+    return try result.get()
+}
+
+func rejection(_ text: String, limits: HeadLimits = HeadLimits()) -> HTTPError? {
+    do { _ = try parseRequest(text, limits: limits); return nil } catch { return error }
+}
+
+@Suite struct RequestParsingTests {
+    @Test func parsesASimpleGet() throws {
+        let head = try #require(try parseRequest("GET /a?b=1 HTTP/1.1\r\nHost: example.com\r\nUser-Agent: t\r\n\r\n"))
+        #expect(head.method == "GET")
+        #expect(head.target == "/a?b=1")
+        #expect(head.minorVersion == 1)
+        #expect(head.keepAlive)
+        #expect(head.framing == .none)
+        #expect(head.headers.first(.host) == "example.com")
+        #expect(head.headers.first(named: "user-agent") == "t")
+    }
+
+    @Test func waitsForTheEndOfTheHead() throws {
+        #expect(try parseRequest("GET / HTTP/1.1\r\nHost: a\r\n") == nil)
+    }
+
+    @Test func recognisesBodyFraming() throws {
+        #expect(try parseRequest("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\n")?.framing == .length(5))
+        #expect(try parseRequest("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n")?.framing == .chunked)
+        #expect(try parseRequest("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5, 5\r\n\r\n")?.framing == .length(5))
+    }
+
+    @Test func honoursConnectionSemantics() throws {
+        #expect(try parseRequest("GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")?.keepAlive == false)
+        #expect(try parseRequest("GET / HTTP/1.0\r\n\r\n")?.keepAlive == false)
+        #expect(try parseRequest("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")?.keepAlive == true)
+        let upgrade = try parseRequest("GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+        #expect(upgrade?.upgrade == "websocket")
+        #expect(try parseRequest("PUT / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n")?.expectsContinue == true)
+    }
+
+    @Test func rejectsSmugglingAmbiguities() {
+        #expect(rejection("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n") == .contentLengthAndTransferEncoding)
+        #expect(rejection("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n") == .conflictingContentLength)
+        #expect(rejection("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3, 4\r\n\r\n") == .conflictingContentLength)
+        #expect(rejection("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +3\r\n\r\n") == .invalidContentLength)
+        #expect(rejection("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n") == .unsupportedTransferEncoding)
+        #expect(rejection("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, gzip\r\n\r\n") == .unsupportedTransferEncoding)
+        #expect(rejection("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n") == .unsupportedTransferEncoding)
+        #expect(rejection("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: xchunked\r\n\r\n") == .unsupportedTransferEncoding)
+        #expect(rejection("GET / HTTP/1.1\r\nHost : a\r\n\r\n") == .whitespaceBeforeColon)
+        #expect(rejection("GET / HTTP/1.1\r\nHost: a\r\nX-A: b\r\n c\r\n\r\n") == .obsoleteLineFolding)
+        #expect(rejection("GET / HTTP/1.1\r\nHost: a\r\nX-A: b\u{0}c\r\n\r\n") == .invalidHeaderValue)
+        #expect(rejection("GET / HTTP/1.1\r\nHost: a\r\nX-A: b\rc\r\n\r\n") == .invalidHeaderValue)
+        #expect(rejection("GET / HTTP/1.1\nHost: a\r\n\r\n") == .bareLineFeed)
+        #expect(rejection("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n") == .missingHost)
+        #expect(rejection("GET / HTTP/1.1\r\n\r\n") == .missingHost)
+        #expect(rejection("G@T / HTTP/1.1\r\nHost: a\r\n\r\n") == .badRequestLine)
+        #expect(rejection("GET /a b HTTP/1.1\r\nHost: a\r\n\r\n") == .badRequestLine)
+        #expect(rejection("GET / HTTP/2.0\r\nHost: a\r\n\r\n") == .unsupportedVersion)
+    }
+
+    @Test func enforcesLimitsWithTheirStatuses() {
+        let limits = HeadLimits(requestLineBytes: 64, headerBytes: 256, headerCount: 3)
+        let longLine = "GET /" + String(repeating: "a", count: 100) + " HTTP/1.1\r\nHost: a\r\n\r\n"
+        #expect(rejection(longLine, limits: limits)?.status == 414)
+        let partialLongLine = "GET /" + String(repeating: "a", count: 100)
+        #expect(rejection(partialLongLine, limits: limits)?.status == 414)
+        let bigHeader = "GET / HTTP/1.1\r\nHost: a\r\nX: " + String(repeating: "b", count: 300) + "\r\n\r\n"
+        #expect(rejection(bigHeader, limits: limits)?.status == 431)
+        let many = "GET / HTTP/1.1\r\nHost: a\r\nA: 1\r\nB: 2\r\nC: 3\r\n\r\n"
+        #expect(rejection(many, limits: limits) == .tooManyHeaders)
+        #expect(HTTPError.tooManyHeaders.status == 431)
+    }
+
+    @Test func scansHeadsArrivingByteByByte() throws {
+        let text = Array("GET / HTTP/1.1\r\nHost: a\r\n\r\n".utf8)
+        var scanner = HeadScanner()
+        var found: Int?
+        for end in 1...text.count {
+            found = try Array(text[0..<end]).withUnsafeBytes { (raw) throws(HTTPError) in try scanner.scan(raw, limits: HeadLimits(), isRequest: true) }
+            if found != nil { #expect(end == text.count) }
+        }
+        #expect(found == text.count)
+    }
+}

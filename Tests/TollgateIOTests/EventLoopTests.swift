@@ -1,0 +1,61 @@
+import Testing
+import Synchronization
+@testable import TollgateIO
+
+private final class Recorder: TimerTarget {
+    var fired: [Int] = []
+    let id: Int
+    let sink: (Int) -> Void
+    init(id: Int, sink: @escaping (Int) -> Void) { self.id = id; self.sink = sink }
+    func timerFired(_ timer: Timer) { sink(id) }
+}
+
+@Suite struct EventLoopTests {
+    @Test func timersFireInDeadlineOrderAndMovedDeadlinesAreHonoured() throws {
+        let loop = try EventLoop(index: 0)
+        var order: [Int] = []
+        let targets = (0..<4).map { id in Recorder(id: id) { order.append($0) } }
+        let timers = targets.map { Timer(loop: loop, target: $0) }
+        timers[0].arm(after: 30_000_000)
+        timers[1].arm(after: 10_000_000)
+        timers[2].arm(after: 20_000_000)
+        timers[3].arm(after: 5_000_000)
+        timers[3].cancel()
+        timers[1].arm(after: 40_000_000)  // moved later: must not fire at 10 ms
+        let stopper = Recorder(id: 99) { _ in loop.stop() }
+        Timer(loop: loop, target: stopper).arm(after: 60_000_000)
+        loop.run()
+        #expect(order == [2, 0, 1])
+        _ = targets
+    }
+
+    @Test func executeRunsTasksFromOtherThreadsOnTheLoop() throws {
+        let loop = try EventLoop(index: 0)
+        let count = Atomic<Int>(0)
+        let bound = LoopBox(loop)
+        startThread(name: "t-exec") {
+            for _ in 0..<100 { bound.loop.execute { count.add(1, ordering: .relaxed) } }
+            bound.loop.execute { bound.loop.stop() }
+        }
+        loop.run()
+        #expect(count.load(ordering: .relaxed) == 100)
+    }
+
+    @Test func timerHeapPopsInOrder() {
+        var heap = TimerHeap()
+        final class T: TimerTarget { func timerFired(_ timer: Timer) {} }
+        let loop = try! EventLoop(index: 0)
+        let target = T()
+        let deadlines: [UInt64] = [50, 10, 40, 30, 20, 60, 5]
+        for d in deadlines { heap.push(d, Timer(loop: loop, target: target)) }
+        var popped: [UInt64] = []
+        while let (d, _) = heap.popDue(now: 45) { popped.append(d) }
+        #expect(popped == [5, 10, 20, 30, 40])
+        #expect(heap.nextDeadline == 50)
+    }
+}
+
+private final class LoopBox: @unchecked Sendable {  // only `execute`/`stop`, which are thread-safe, are used off-loop
+    let loop: EventLoop
+    init(_ loop: EventLoop) { self.loop = loop }
+}

@@ -1,0 +1,53 @@
+import Testing
+import TollgateIO
+@testable import TollgateProxy
+
+@Suite struct FlowRecordTests {
+    @Test func encodesNestedECSFieldsAsOneLine() {
+        var record = FlowRecord(start: 1_764_000_000_123, action: .httpRequest,
+                                source: SocketAddress(parsing: "10.99.0.2:40000")!, networkProtocol: "http",
+                                agent: "worker-1", mode: "transparent")
+        record.method = "GET"
+        record.statusCode = 200
+        record.responseBodyBytes = 1024
+        record.requestBodyBytes = 0
+        record.urlFull = "http://203.0.113.10/1k"
+        record.errorMessage = "quote \" and\nnewline"
+        record.errorType = "x"
+        var writer = JSONWriter()
+        record.encode(into: &writer)
+        let line = String(decoding: writer.bytes, as: UTF8.self)
+        #expect(line.hasPrefix("{\"@timestamp\":\"2025-11-24T16:00:00.123Z\",\"event\":{\"action\":\"http_request\""))
+        #expect(line.contains("\"source\":{\"ip\":\"10.99.0.2\",\"port\":40000}"))
+        #expect(line.contains("\"http\":{\"request\":{\"method\":\"GET\",\"body\":{\"bytes\":0}},\"response\":{\"status_code\":200,\"body\":{\"bytes\":1024}}}"))
+        #expect(line.contains("\"tollgate\":{\"agent\":\"worker-1\",\"mode\":\"transparent\"}"))
+        #expect(line.contains("\"message\":\"quote \\\" and\\nnewline\""))
+        #expect(line.hasSuffix("}\n"))
+        #expect(line.filter { $0 == "\n" }.count == 1)
+    }
+
+    @Test func civilDatesAreCorrect() {
+        #expect(civilDate(daysSinceEpoch: 0) == (1970, 1, 1))
+        #expect(civilDate(daysSinceEpoch: 11016) == (2000, 2, 29))
+        #expect(civilDate(daysSinceEpoch: 20417) == (2025, 11, 25))
+    }
+
+    @Test func parsesRequestTargets() {
+        #expect(RequestTarget.parseAbsolute("http://Example.com:8080/a?b") == RequestTarget(host: "example.com", port: 8080, path: "/a?b"))
+        #expect(RequestTarget.parseAbsolute("http://[::1]/") == RequestTarget(host: "::1", port: 80, path: "/"))
+        #expect(RequestTarget.parseAbsolute("http://a.b") == RequestTarget(host: "a.b", port: 80, path: "/"))
+        #expect(RequestTarget.parseAbsolute("https://a.b/") == nil)
+        #expect(RequestTarget.parseAbsolute("http://user@a.b/") == nil)
+        #expect(RequestTarget.parseAuthority("a.b:443", defaultPort: nil)! == ("a.b", 443))
+        #expect(RequestTarget.parseAuthority("a.b", defaultPort: nil) == nil)
+    }
+
+    @Test func sniffsProtocols() {
+        func sniff(_ bytes: [UInt8]) -> SniffedProtocol { bytes.withUnsafeBytes { SniffedProtocol.classify($0) } }
+        #expect(sniff([0x16, 0x03, 0x01]) == .tls)
+        #expect(sniff(Array("GET / HTTP/1.1".utf8)) == .http)
+        #expect(sniff(Array("GE".utf8)) == .undecided)
+        #expect(sniff(Array("SSH-2.0-OpenSSH".utf8)) == .other)
+        #expect(sniff([]) == .undecided)
+    }
+}
