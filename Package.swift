@@ -11,8 +11,8 @@ let package = Package(
         .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
     ],
     targets: [
-        // The only place C headers and macros are touched: epoll, eventfd, SO_ORIGINAL_DST, and later OpenSSL.
-        .target(name: "CTollgateShim"),
+        // The only place C headers and macros are touched: epoll, eventfd, SO_ORIGINAL_DST, and OpenSSL.
+        .target(name: "CTollgateShim", linkerSettings: [.linkedLibrary("ssl"), .linkedLibrary("crypto")]),
         // The event loop, sockets, timers and the resolver pool: everything that talks to the kernel.
         .target(name: "TollgateIO", dependencies: ["CTollgateShim"]),
         // HTTP/1.1 parsing and serialisation over bytes; pure, no I/O.
@@ -22,9 +22,11 @@ let package = Package(
             "TollgateIO",
             .product(name: "Yams", package: "Yams"),
         ]),
+        // TLS toward agents and origins: ClientHello parsing, the CA and leaf minting, OpenSSL transports.
+        .target(name: "TollgateTLS", dependencies: ["CTollgateShim", "TollgateIO"]),
         // The daemon: listeners, proxy sessions, upstream pool, flow records.
         .target(name: "TollgateProxy", dependencies: [
-            "TollgateIO", "TollgateHTTP", "TollgateConfig",
+            "TollgateIO", "TollgateHTTP", "TollgateConfig", "TollgateTLS",
         ]),
         // The command line.
         .executableTarget(name: "tollgate", dependencies: [
@@ -33,6 +35,7 @@ let package = Package(
         ]),
         .testTarget(name: "TollgateHTTPTests", dependencies: ["TollgateHTTP"]),
         .testTarget(name: "TollgateIOTests", dependencies: ["TollgateIO"]),
+        .testTarget(name: "TollgateTLSTests", dependencies: ["TollgateTLS"]),
         .testTarget(name: "TollgateConfigTests", dependencies: ["TollgateConfig"]),
         .testTarget(name: "TollgateProxyTests", dependencies: ["TollgateProxy"]),
     ]

@@ -29,6 +29,19 @@ public struct Timeouts: Sendable {
     public init() {}
 }
 
+/// TLS interception settings (`tls:`).
+public struct TLSSettings: Sendable {
+    /// Host patterns whose TLS is relayed untouched instead of intercepted.
+    public var splice: [String] = []
+    /// After a client refuses our certificate for a host, splice that host from then on.
+    public var spliceOnClientReject = false
+    /// Extra CA bundle trusted for origins, on top of the system store.
+    public var upstreamCA: String?
+    /// Leaf certificates kept in memory.
+    public var certificateCacheSize = 1024
+    public init() {}
+}
+
 /// A source network: an address and a prefix length.
 public struct CIDR: Hashable, Sendable, CustomStringConvertible {
     public let network: IPAddress
@@ -72,6 +85,7 @@ public struct Config: Sendable {
     public var agents: [AgentDefinition] = []
     public var limits = Limits()
     public var timeouts = Timeouts()
+    public var tls = TLSSettings()
 
     public init() {}
 
@@ -92,7 +106,7 @@ public struct Config: Sendable {
         guard let root else {
             throw ConfigErrors(errors: [ConfigError(file: file, line: 1, column: 1, message: "empty config: at least one listener is required")])
         }
-        let sections: Set<String> = ["listen", "workers", "rules", "ca", "log", "agents", "limits", "timeouts"]
+        let sections: Set<String> = ["listen", "workers", "rules", "ca", "log", "agents", "limits", "timeouts", "tls"]
         for (key, value) in root.mapping(allowed: sections, errors: &errors, context: "config") {
             switch key {
             case "listen": config.readListen(value, &errors)
@@ -110,6 +124,7 @@ public struct Config: Sendable {
             case "agents": config.agents = readAgents(value, &errors)
             case "limits": config.readLimits(value, &errors)
             case "timeouts": config.readTimeouts(value, &errors)
+            case "tls": config.readTLS(value, &errors)
             default: break
             }
         }
@@ -171,6 +186,29 @@ public struct Config: Sendable {
             let minimum = key == "body_bytes" ? 0 : 16
             if let number = item.int(errors: &errors, context: "limits.\(key)", range: minimum...(1 << 40)) {
                 limits[keyPath: keys[key]!] = number
+            }
+        }
+    }
+
+    private mutating func readTLS(_ value: YAMLValue, _ errors: inout [ConfigError]) {
+        let keys: Set<String> = ["splice", "splice_on_client_reject", "upstream_ca", "certificate_cache_size"]
+        for (key, item) in value.mapping(allowed: keys, errors: &errors, context: "tls") {
+            switch key {
+            case "splice":
+                tls.splice = item.stringList(errors: &errors, context: "tls.splice").compactMap { pattern, node in
+                    let body = pattern.hasPrefix("*.") ? String(pattern.dropFirst(2)) : pattern
+                    if body.isEmpty || body.contains("*") || body.contains("/") {
+                        errors.append(node.error("tls.splice: '\(pattern)' must be a host name or *.suffix"))
+                        return nil
+                    }
+                    return pattern
+                }
+            case "splice_on_client_reject":
+                tls.spliceOnClientReject = item.bool(errors: &errors, context: "tls.splice_on_client_reject") ?? false
+            case "upstream_ca":
+                tls.upstreamCA = item.string(errors: &errors, context: "tls.upstream_ca")
+            default:
+                tls.certificateCacheSize = item.int(errors: &errors, context: "tls.certificate_cache_size", range: 1...1_000_000) ?? 1024
             }
         }
     }

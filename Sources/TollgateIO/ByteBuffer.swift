@@ -128,6 +128,13 @@ public final class ByteBuffer {
         writerIndex = live
     }
 
+    /// Runs `body` over `count` bytes of free space and keeps what it reports written.
+    func appendInPlace(_ count: Int, _ body: (UnsafeMutableRawBufferPointer) -> Int) -> Int {
+        let n = body(UnsafeMutableRawBufferPointer(start: storage! + writerIndex, count: capacity - writerIndex))
+        if n > 0 { writerIndex += n }
+        return n
+    }
+
     /// read(2) into the free space (at most `max` bytes); used by the socket layer.
     func readFrom(fd: CInt, max: Int) -> Int {
         reserveWritable(max)

@@ -6,13 +6,19 @@ public protocol ConnectionDelegate: AnyObject {
     func connectionWritable(_ connection: Connection)
     /// A pending non-blocking connect finished: `nil` on success.
     func connectionConnected(_ connection: Connection, error: Errno?)
-    /// The socket failed (reset, refused mid-stream...); the connection is already closed.
-    func connectionFailed(_ connection: Connection, error: Errno)
+    /// The transport's handshake (TLS) finished; plaintext can flow.
+    func connectionHandshakeCompleted(_ connection: Connection)
+    /// The connection failed (reset, TLS error...); it is already closed.
+    func connectionFailed(_ connection: Connection, error: ConnectionError)
 }
 
-/// One non-blocking TCP socket on a loop with an inbound and an outbound byte queue. The driver
-/// decides when it reads (`wantsRead`), which is how backpressure is applied: a side stops
-/// reading while the other side's outbound queue is above its high-water mark.
+extension ConnectionDelegate {
+    public func connectionHandshakeCompleted(_ connection: Connection) {}
+}
+
+/// One non-blocking TCP socket on a loop with an inbound and an outbound byte queue, optionally
+/// through a `Transport` (TLS). The driver decides when it reads (`wantsRead`), which is how
+/// backpressure is applied: a side stops reading while the other side's outbound queue is full.
 public final class Connection: EventHandler, TimerTarget {
     public let socket: Socket
     public unowned let loop: EventLoop
@@ -20,9 +26,12 @@ public final class Connection: EventHandler, TimerTarget {
     public let outbound = ByteBuffer()
     /// Strong while registered; cleared when the connection closes, which breaks the cycle.
     public var delegate: ConnectionDelegate?
+    public private(set) var transport: Transport?
     public private(set) var isConnecting: Bool
+    public private(set) var isHandshaking = false
     public private(set) var peerClosed = false
     public private(set) var isClosed = false
+    /// Plaintext bytes moved, for records.
     public private(set) var bytesRead = 0
     public private(set) var bytesWritten = 0
     /// Whether the driver wants bytes read into `inbound` now.
@@ -32,8 +41,13 @@ public final class Connection: EventHandler, TimerTarget {
     private var lingering = false
     private var halfClosePending = false
     private var shutdownPending = false
+    /// The transport needs the socket writable (handshake or a write it could not finish) / readable.
+    private var transportWantsWrite = false
+    private var transportWantsRead = false
     private var lingerTimer: Timer?
     private static let readChunk = 64 * 1024
+    /// TLS records carry at most 16 KiB, so each transport read gets that much room.
+    private static let transportReadChunk = 17 * 1024
     private static let lingerNanoseconds: UInt64 = 2_000_000_000
 
     /// Wraps an accepted socket (`connecting: false`) or one with a connect in flight.
@@ -56,20 +70,42 @@ public final class Connection: EventHandler, TimerTarget {
         }
     }
 
+    /// Puts a transport (TLS) under the queues and starts its handshake; the delegate hears
+    /// `connectionHandshakeCompleted` or `connectionFailed`.
+    public func startTransport(_ transport: Transport) {
+        precondition(self.transport == nil, "transport already started")
+        self.transport = transport
+        isHandshaking = true
+        if !isConnecting { driveHandshake() }
+    }
+
     /// Bytes queued for writing and not yet accepted by the kernel.
     public var pendingOutput: Int { outbound.readableBytes }
 
     /// Writes as much of `outbound` as the socket takes now; registers for writability otherwise.
     public func flush() {
-        guard !isClosed, !isConnecting else { return }
+        guard !isClosed, !isConnecting, !isHandshaking else { return }
+        transportWantsWrite = false
         while !outbound.isEmpty {
-            switch socket.write(from: outbound) {
-            case .bytes(let n): bytesWritten += n
-            case .wouldBlock, .endOfStream: updateInterest(); return
-            case .failed(let err): fail(err); return
+            let status: TransportStatus
+            if let transport {
+                status = transport.write(from: outbound)
+            } else {
+                switch socket.write(from: outbound) {
+                case .bytes(let n): status = .done(n)
+                case .wouldBlock, .endOfStream: status = .wantWrite
+                case .failed(let err): status = .failed(.system(err))
+                }
+            }
+            switch status {
+            case .done(let n): bytesWritten += n
+            case .wantWrite: updateInterest(); return
+            case .wantRead: transportWantsRead = true; updateInterest(); return
+            case .closed: fail(.system(.brokenPipe)); return
+            case .failed(let error): fail(error); return
             }
         }
-        if halfClosePending { halfClosePending = false; socket.shutdownWrite() }
+        if halfClosePending { halfClosePending = false; sendFIN() }
         if shutdownPending { beginLinger() }
         updateInterest()
     }
@@ -81,6 +117,7 @@ public final class Connection: EventHandler, TimerTarget {
         if let registration { loop.deregister(registration) }
         registration = nil
         lingerTimer?.cancel()
+        transport?.close()
         socket.close()
         outbound.removeAll()
         delegate = nil
@@ -91,22 +128,27 @@ public final class Connection: EventHandler, TimerTarget {
     public func closeGracefully() {
         guard !isClosed, !shutdownPending, !lingering else { return }
         delegate = nil
+        if isHandshaking || isConnecting { close(); return }
         shutdownPending = true
-        if outbound.isEmpty && !isConnecting { beginLinger() } else { flush() }
+        if outbound.isEmpty { beginLinger() } else { flush() }
     }
 
     /// Half-closes after buffered output (a tunnel relaying the other side's FIN).
     public func shutdownWriteAfterFlush() {
         guard !isClosed else { return }
-        if outbound.isEmpty && !isConnecting { socket.shutdownWrite() } else { halfClosePending = true }
+        if outbound.isEmpty && !isConnecting && !isHandshaking { sendFIN() } else { halfClosePending = true }
+    }
+
+    private func sendFIN() {
+        transport?.shutdown()
+        socket.shutdownWrite()
     }
 
     private func beginLinger() {
         shutdownPending = false
         lingering = true
-        socket.shutdownWrite()
+        sendFIN()
         inbound.removeAll()
-        wantsRead = true
         updateInterest()
         let timer = Timer(loop: loop, target: self)
         timer.arm(after: Self.lingerNanoseconds)
@@ -121,8 +163,7 @@ public final class Connection: EventHandler, TimerTarget {
         if isConnecting {
             guard events.contains(.writable) || events.contains(.failed) else { return }
             isConnecting = false
-            let error = socket.pendingError()
-            if let error {
+            if let error = socket.pendingError() {
                 let delegate = self.delegate
                 close()
                 delegate?.connectionConnected(self, error: error)
@@ -130,7 +171,15 @@ public final class Connection: EventHandler, TimerTarget {
             }
             updateInterest()
             delegate?.connectionConnected(self, error: nil)
-            flush()
+            if isHandshaking && !isClosed { driveHandshake() } else { flush() }
+            return
+        }
+        if isHandshaking {
+            driveHandshake()
+            return
+        }
+        if lingering {
+            if events.contains(.readable) || events.contains(.failed) { discardInput() }
             return
         }
         if events.contains(.writable) && !isClosed {
@@ -138,12 +187,12 @@ public final class Connection: EventHandler, TimerTarget {
             if !isClosed { delegate?.connectionWritable(self) }
         }
         if (events.contains(.readable) || events.contains(.failed)) && !isClosed {
-            if lingering { discardInput(); return }
-            if wantsRead && !peerClosed {
-                readOnce()
+            if (wantsRead || transportWantsRead) && !peerClosed {
+                readAvailable()
+                if transportWantsRead && !isClosed { transportWantsRead = false; flush() }
             } else if events.contains(.failed) {
                 if let error = socket.pendingError() {
-                    fail(error)
+                    fail(.system(error))
                 } else if peerClosed && outbound.isEmpty {
                     // Both directions ended in order (our FIN and theirs); level-triggered HUP
                     // would repeat forever, so the socket is done: let the driver see it closed.
@@ -151,26 +200,75 @@ public final class Connection: EventHandler, TimerTarget {
                     close()
                     delegate?.connectionReadable(self)
                 } else {
-                    fail(.connectionReset)
+                    fail(.system(.connectionReset))
                 }
             }
         }
     }
 
-    private func readOnce() {
-        switch socket.read(into: inbound, max: Self.readChunk) {
-        case .bytes(let n):
-            bytesRead += n
-            delegate?.connectionReadable(self)
-        case .endOfStream:
-            peerClosed = true
+    private func driveHandshake() {
+        guard let transport, !isClosed else { return }
+        switch transport.handshake() {
+        case .done:
+            isHandshaking = false
             updateInterest()
-            delegate?.connectionReadable(self)
-        case .wouldBlock:
-            break
-        case .failed(let err):
-            fail(err)
+            delegate?.connectionHandshakeCompleted(self)
+            flush()
+        case .wantRead:
+            transportWantsWrite = false
+            updateInterest()
+        case .wantWrite:
+            transportWantsWrite = true
+            updateInterest()
+        case .closed:
+            fail(.closedDuringHandshake)
+        case .failed(let error):
+            fail(error)
         }
+    }
+
+    private func readAvailable() {
+        var gotBytes = false
+        if let transport {
+            // Up to four records per wake-up: fair to other connections, few syscalls.
+            for _ in 0..<4 {
+                switch transport.read(into: inbound, max: Self.transportReadChunk) {
+                case .done(let n):
+                    bytesRead += n
+                    gotBytes = true
+                    continue
+                case .wantRead:
+                    break
+                case .wantWrite:
+                    transportWantsWrite = true
+                    updateInterest()
+                case .closed:
+                    peerClosed = true
+                    updateInterest()
+                    gotBytes = true
+                case .failed(let error):
+                    fail(error)
+                    return
+                }
+                break
+            }
+        } else {
+            switch socket.read(into: inbound, max: Self.readChunk) {
+            case .bytes(let n):
+                bytesRead += n
+                gotBytes = true
+            case .endOfStream:
+                peerClosed = true
+                updateInterest()
+                gotBytes = true
+            case .wouldBlock:
+                break
+            case .failed(let err):
+                fail(.system(err))
+                return
+            }
+        }
+        if gotBytes { delegate?.connectionReadable(self) }
     }
 
     private func discardInput() {
@@ -181,7 +279,7 @@ public final class Connection: EventHandler, TimerTarget {
         }
     }
 
-    private func fail(_ error: Errno) {
+    private func fail(_ error: ConnectionError) {
         let delegate = self.delegate
         close()
         delegate?.connectionFailed(self, error: error)
@@ -189,9 +287,10 @@ public final class Connection: EventHandler, TimerTarget {
 
     private var currentInterest: Interest {
         if isConnecting { return .write }
+        if isHandshaking { return transportWantsWrite ? .write : .read }
         var interest: Interest = []
-        if (wantsRead && !peerClosed) || lingering { interest.insert(.read) }
-        if !outbound.isEmpty { interest.insert(.write) }
+        if (wantsRead && !peerClosed) || lingering || transportWantsRead { interest.insert(.read) }
+        if !outbound.isEmpty || transportWantsWrite { interest.insert(.write) }
         return interest
     }
 

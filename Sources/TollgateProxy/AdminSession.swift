@@ -56,6 +56,6 @@ final class AdminSession: ConnectionDelegate, TimerTarget {
 
     func connectionWritable(_ connection: Connection) {}
     func connectionConnected(_ connection: Connection, error: Errno?) {}
-    func connectionFailed(_ connection: Connection, error: Errno) { timer.cancel() }
+    func connectionFailed(_ connection: Connection, error: ConnectionError) { timer.cancel() }
     func timerFired(_ timer: Timer) { connection.close() }
 }

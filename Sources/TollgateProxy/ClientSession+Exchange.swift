@@ -1,5 +1,6 @@
 import TollgateHTTP
 import TollgateIO
+import TollgateTLS
 
 /// The state of one HTTP request/response exchange.
 struct Exchange {
@@ -65,9 +66,15 @@ extension ClientSession {
             target = RequestTarget(host: host, port: port, path: "")
         } else if let absolute = RequestTarget.parseAbsolute(head.target) {
             target = absolute
-        } else if head.target.hasPrefix("/"), kind == .transparent, let destination = originalDestination {
+        } else if head.target.hasPrefix("/"), let destination = originalDestination {
             let hostHeader = head.headers.first(.host).flatMap { RequestTarget.parseAuthority($0, defaultPort: destination.port) }
-            target = RequestTarget(host: hostHeader?.0 ?? destination.ip.description, port: destination.port, path: head.target)
+            // Decide on the verified name (SNI), never on the Host header alone.
+            if let serverName = tlsInfo?.serverName, let host = hostHeader?.0, host != serverName {
+                return rejectHead(head, record, status: 421, type: "misdirected_request",
+                                  message: "Host '\(host)' does not match the TLS server name '\(serverName)'")
+            }
+            target = RequestTarget(host: hostHeader?.0 ?? tlsInfo?.serverName ?? destination.ip.description,
+                                   port: destination.port, path: head.target)
         } else {
             let message = kind == .explicit ? "the explicit proxy needs an absolute-form target (http://host/path) or CONNECT"
                                             : "request target must be origin-form"
@@ -76,8 +83,10 @@ extension ClientSession {
         record.urlDomain = target.host
         record.urlPath = head.isConnect ? nil : target.path
         let authority = target.host.contains(":") ? "[\(target.host)]" : target.host
+        let scheme = isIntercepted ? "https" : "http"
+        let defaultPort: UInt16 = isIntercepted ? 443 : 80
         record.urlFull = head.isConnect ? "\(authority):\(target.port)"
-            : "http://\(authority)\(target.port == 80 ? "" : ":\(target.port)")\(target.path)"
+            : "\(scheme)://\(authority)\(target.port == defaultPort ? "" : ":\(target.port)")\(target.path)"
         record.destinationDomain = target.host
         if head.isConnect { record.action = .tunnel; record.networkProtocol = "tcp" }
 
@@ -92,8 +101,8 @@ extension ClientSession {
             closeClientAfter: !head.keepAlive || draining, startNanoseconds: worker.loop.now)
         if head.upgrade == nil && !head.isConnect { timer.arm(after: settings.timeouts.response) }
 
-        if kind == .transparent, let destination = originalDestination {
-            attachUpstream(SocketAddress(ip: destination.ip, port: destination.port))
+        if let destination = originalDestination, !head.isConnect {
+            attachUpstream(destination)
         } else if let literal = IPAddress(parsing: target.host) {
             attachUpstream(SocketAddress(ip: literal, port: target.port))
         } else {
@@ -134,13 +143,26 @@ extension ClientSession {
         attachUpstream(SocketAddress(ip: first, port: port))
     }
 
-    /// Takes a pooled connection to `destination` or dials a new one, then queues the request.
+    /// True when requests on this connection arrived inside TLS we terminated.
+    var isIntercepted: Bool { tlsInfo?.handling == .intercepted }
+
+    private var poolKey: PoolKey? {
+        guard let upstreamDestination else { return nil }
+        return PoolKey(address: upstreamDestination, tlsServerName: isIntercepted ? (tlsInfo?.serverName ?? "") : nil)
+    }
+
+    /// Takes a pooled connection to `destination` or dials a new one (TLS when the agent's was
+    /// intercepted), then queues the request.
     func attachUpstream(_ destination: SocketAddress) {
         guard var exchange else { return }
         upstreamDestination = destination
         exchange.record.destinationIP = destination.ip
         exchange.record.destinationPort = destination.port
-        if !exchange.request.isConnect, let pooled = worker.pool.take(destination) {
+        if settings.ownAddresses.contains(destination) {
+            self.exchange = exchange
+            return respondError(status: 508, type: "loop_detected", message: "\(destination) is Tollgate itself")
+        }
+        if !exchange.request.isConnect, let key = poolKey, let pooled = worker.pool.take(key) {
             exchange.upstreamReused = true
             self.exchange = exchange
             upstream = pooled
@@ -149,15 +171,30 @@ extension ClientSession {
             return
         }
         self.exchange = exchange
-        do {
-            let socket = try Socket.connect(to: destination)
-            let connection = Connection(socket: socket, loop: worker.loop, connecting: true)
-            try connection.start(delegate: self)
-            upstream = connection
-            phase = .connecting
-            timer.arm(after: settings.timeouts.connect)
-        } catch {
-            upstreamFailed(type: "upstream_connect_failed", message: "connect to \(destination) failed: \(error.errno)", status: 502)
+        let connection: Connection
+        if let ready = preconnected {
+            preconnected = nil
+            connection = ready
+        } else {
+            do {
+                let socket = try Socket.connect(to: destination)
+                connection = Connection(socket: socket, loop: worker.loop, connecting: true)
+                try connection.start(delegate: self)
+            } catch {
+                return upstreamFailed(type: "upstream_connect_failed", message: "connect to \(destination) failed: \(error)", status: 502)
+            }
+        }
+        upstream = connection
+        phase = .connecting
+        timer.arm(after: settings.timeouts.connect)
+        if isIntercepted, let engine = settings.tls, let key = poolKey {
+            guard let transport = engine.clientTransport(socket: connection.socket, serverName: tlsInfo?.serverName,
+                                                         address: destination.ip, cacheKey: "\(key)") else {
+                return upstreamFailed(type: "upstream_tls_failed", message: "cannot set up TLS toward \(destination)", status: 502)
+            }
+            connection.startTransport(transport)
+        } else if !connection.isConnecting {
+            upstreamConnected()
         }
     }
 
@@ -386,11 +423,14 @@ extension ClientSession {
         self.exchange = nil
         finishRecord(&exchange.record, exchange)
         worker.record(exchange.record)
-        if let upstream, let destination = upstreamDestination {
+        if let upstream, let key = poolKey {
+            if !exchange.upstreamReused, let tls = upstream.transport as? TLSTransport {
+                settings.tls?.storeSession(from: tls, cacheKey: "\(key)")
+            }
             let reusable = exchange.requestComplete && exchange.response?.keepAlive == true
                 && exchange.response?.framing != .untilClose && !upstream.peerClosed && upstream.inbound.isEmpty
                 && !draining
-            if reusable { worker.pool.put(upstream, destination: destination, loop: worker.loop) } else { upstream.close() }
+            if reusable { worker.pool.put(upstream, destination: key, loop: worker.loop) } else { upstream.close() }
         }
         upstream = nil
         if exchange.closeClientAfter || !exchange.requestComplete || draining {

@@ -23,6 +23,11 @@ extension ClientSession {
         tunnel = TunnelState(record: record, networkProtocol: networkProtocol, startNanoseconds: worker.loop.now,
                              clientBytesBase: (0, 0))
         upstreamDestination = destination
+        if let ready = preconnected {
+            preconnected = nil
+            upstream = ready
+            return beginTunnel(carrying: nil)
+        }
         do {
             let socket = try Socket.connect(to: destination)
             let connection = Connection(socket: socket, loop: worker.loop, connecting: true)
@@ -35,14 +40,21 @@ extension ClientSession {
         }
     }
 
-    /// CONNECT succeeded: tell the client, then relay.
+    /// CONNECT reached its target: tell the client, then treat what flows inside like redirected
+    /// traffic to that target — sniffed, and HTTP or TLS handled as such (TLS intercepted or spliced).
     func openConnectTunnel() {
-        guard var exchange else { return }
+        guard var exchange, let upstream else { return }
         exchange.record.statusCode = 200
         client.outbound.append("HTTP/1.1 200 Connection Established\r\nVia: 1.1 tollgate\r\n\r\n" as StaticString)
         finishRecord(&exchange.record, exchange)
+        worker.record(exchange.record)
         self.exchange = nil
-        beginTunnel(carrying: exchange.record)
+        originalDestination = upstreamDestination
+        preconnected = upstream
+        self.upstream = nil
+        phase = .sniffing
+        timer.arm(after: settings.timeouts.sniff)
+        if !client.inbound.isEmpty { connectionReadable(client) }
     }
 
     /// The upstream switched protocols (101): record the exchange, then relay both ways.

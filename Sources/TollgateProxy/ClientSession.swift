@@ -1,12 +1,13 @@
 import TollgateHTTP
 import TollgateIO
+import TollgateTLS
 
 /// One client connection and, at any moment, at most one upstream connection: sniffing,
 /// HTTP exchanges one at a time (pipelined requests wait their turn), or a byte tunnel.
 /// All methods run on the worker's loop.
 final class ClientSession: ConnectionDelegate, TimerTarget {
     enum Phase {
-        case sniffing, readingHead, resolving, connecting, exchanging, tunnel, closed
+        case sniffing, awaitingCertificate, tlsHandshake, readingHead, resolving, connecting, exchanging, tunnel, closed
     }
 
     let worker: Worker
@@ -14,11 +15,15 @@ final class ClientSession: ConnectionDelegate, TimerTarget {
     let source: SocketAddress
     let agent: String
     let kind: ListenerKind
-    /// SO_ORIGINAL_DST for transparent connections.
-    private(set) var originalDestination: SocketAddress?
+    /// Where the agent's bytes are headed: SO_ORIGINAL_DST, or the target of a CONNECT.
+    var originalDestination: SocketAddress?
     var phase: Phase = .readingHead
     var upstream: Connection?
     var upstreamDestination: SocketAddress?
+    /// A CONNECT target already dialled, waiting for the sniffed protocol to decide its use.
+    var preconnected: Connection?
+    /// TLS toward the agent, once a ClientHello was seen.
+    var tlsInfo: TLSInfo?
     lazy var timer = Timer(loop: worker.loop, target: self)
     var scanner = HeadScanner()
     var exchange: Exchange?
@@ -77,14 +82,38 @@ final class ClientSession: ConnectionDelegate, TimerTarget {
     }
 
     func newRecord(action: FlowRecord.Action, networkProtocol: String) -> FlowRecord {
-        FlowRecord(start: wallClockMilliseconds(), action: action, source: source,
-                   networkProtocol: networkProtocol, agent: agent, mode: modeName)
+        var record = FlowRecord(start: wallClockMilliseconds(), action: action, source: source,
+                                networkProtocol: networkProtocol, agent: agent, mode: modeName)
+        if let tlsInfo {
+            record.tlsHandling = tlsInfo.handling.rawValue
+            record.tlsServerName = tlsInfo.serverName
+            record.tlsVersion = tlsInfo.version
+            record.tlsCipher = tlsInfo.cipher
+            record.tlsEstablished = tlsInfo.handling == .intercepted ? tlsInfo.version != nil : nil
+        }
+        return record
     }
 
     // MARK: Connection events
 
     func connectionReadable(_ connection: Connection) {
-        if connection === client { clientReadable() } else { upstreamReadable() }
+        if connection === client {
+            clientReadable()
+        } else if connection === preconnected {
+            // The CONNECT target spoke first (SSH, SMTP...): nothing to sniff, relay it.
+            if phase == .sniffing { startRawRelay(networkProtocol: "tcp") }
+        } else {
+            upstreamReadable()
+        }
+        settle()
+    }
+
+    func connectionHandshakeCompleted(_ connection: Connection) {
+        if connection === client {
+            agentHandshakeCompleted()
+        } else if connection === upstream {
+            upstreamConnected()
+        }
         settle()
     }
 
@@ -100,6 +129,7 @@ final class ClientSession: ConnectionDelegate, TimerTarget {
 
     func connectionConnected(_ connection: Connection, error: Errno?) {
         guard connection === upstream else { return }
+        if error == nil && connection.isHandshaking { return }  // TLS next; wait for its handshake
         if let error {
             upstream = nil
             upstreamFailed(type: "upstream_connect_failed", message: "connect to \(upstreamDestination.map { "\($0)" } ?? "?") failed: \(error)", status: 502)
@@ -109,14 +139,27 @@ final class ClientSession: ConnectionDelegate, TimerTarget {
         settle()
     }
 
-    func connectionFailed(_ connection: Connection, error: Errno) {
+    func connectionFailed(_ connection: Connection, error: ConnectionError) {
         if connection === client {
-            abort(reason: "client_reset", message: "client connection failed: \(error)")
+            if phase == .tlsHandshake { agentHandshakeFailed(error) } else {
+                abort(reason: "client_reset", message: "client connection failed: \(error)")
+            }
             return
         }
+        if connection === preconnected { preconnected = nil; return }
+        guard connection === upstream else { return }
         upstream = nil
         if phase == .tunnel { finishTunnel(error: ("upstream_reset", "\(error)")); return }
-        upstreamFailed(type: "upstream_reset", message: "upstream connection failed: \(error)", status: 502)
+        if phase == .connecting, let tls = connection.transport as? TLSTransport {
+            if let failure = tls.verificationFailure {
+                upstreamFailed(type: "upstream_certificate_invalid",
+                               message: "upstream certificate rejected: \(failure.reason) (\(failure.text))", status: 502)
+            } else {
+                upstreamFailed(type: "upstream_tls_failed", message: "TLS handshake with the upstream failed: \(error)", status: 502)
+            }
+        } else {
+            upstreamFailed(type: "upstream_reset", message: "upstream connection failed: \(error)", status: 502)
+        }
         settle()
     }
 
@@ -133,6 +176,8 @@ final class ClientSession: ConnectionDelegate, TimerTarget {
             }
         case .resolving, .connecting:
             upstreamFailed(type: "upstream_timeout", message: "connecting to the upstream timed out", status: 504)
+        case .awaitingCertificate, .tlsHandshake:
+            tlsFailed(type: "tls_handshake_timeout", message: "TLS handshake with the agent did not finish in time")
         case .exchanging:
             if exchange?.responseHeadSent == false {
                 upstreamFailed(type: "upstream_timeout", message: "upstream did not answer in time", status: 504)
@@ -165,8 +210,10 @@ final class ClientSession: ConnectionDelegate, TimerTarget {
         if pendingToClient >= limits.bufferHighWater { upstreamReadThrottled = true } else if pendingToClient <= limits.bufferLowWater { upstreamReadThrottled = false }
 
         switch phase {
-        case .sniffing, .readingHead:
+        case .sniffing, .readingHead, .tlsHandshake:
             client.wantsRead = true
+        case .awaitingCertificate:
+            client.wantsRead = false
         case .resolving, .connecting:
             client.wantsRead = client.inbound.readableBytes < limits.bufferHighWater
         case .exchanging:
@@ -198,7 +245,7 @@ final class ClientSession: ConnectionDelegate, TimerTarget {
                 timer.arm(after: settings.timeouts.header)
                 readRequestHead()
             case .tls:
-                startRawRelay(networkProtocol: "tls")  // interception arrives with the TLS issue
+                handleClientHello()
             case .other:
                 startRawRelay(networkProtocol: "tcp")
             case .undecided:
@@ -217,7 +264,7 @@ final class ClientSession: ConnectionDelegate, TimerTarget {
             if client.peerClosed && exchange?.requestComplete == false && client.inbound.isEmpty {
                 abort(reason: "client_closed", message: "client closed before the request was sent")
             }
-        case .closed:
+        case .awaitingCertificate, .tlsHandshake, .closed:
             break
         }
     }
@@ -260,6 +307,8 @@ final class ClientSession: ConnectionDelegate, TimerTarget {
         timer.cancel()
         upstream?.close()
         upstream = nil
+        preconnected?.close()
+        preconnected = nil
         client.closeGracefully()
         worker.sessionEnded(self)
     }

@@ -6,6 +6,7 @@ import Synchronization
 import TollgateConfig
 import TollgateHTTP
 import TollgateIO
+import TollgateTLS
 
 /// Starts the workers for a config and runs until SIGTERM/SIGINT has drained them.
 public final class Daemon {
@@ -15,8 +16,36 @@ public final class Daemon {
         self.config = config
     }
 
+    /// Why the daemon could not start.
+    public enum StartError: Error, CustomStringConvertible {
+        case tls(TLSSetupError)
+        case listen(SystemError)
+        public var description: String {
+            switch self {
+            case .tls(let error): return error.description
+            case .listen(let error): return error.description
+            }
+        }
+    }
+
+    /// The CA and contexts when `ca.cert`/`ca.key` are configured; without them TLS is relayed untouched.
+    private func makeTLSEngine() throws(StartError) -> TLSEngine? {
+        guard let certificate = config.caCertificate, let key = config.caKey else {
+            Log.warning("no ca.cert/ca.key configured: TLS is relayed untouched (create a CA with `tollgate ca init`)")
+            return nil
+        }
+        do {
+            let authority = try CertificateAuthority(certificatePath: certificate, keyPath: key,
+                                                     cacheCapacity: config.tls.certificateCacheSize)
+            return try TLSEngine(authority: authority, upstreamCAFile: config.tls.upstreamCA)
+        } catch {
+            throw .tls(error)
+        }
+    }
+
     /// Binds every listener (failing fast if one cannot be bound), then serves. Returns after a drain.
-    public func run() throws(SystemError) {
+    public func run() throws(StartError) {
+        let tls = try makeTLSEngine()
         // Block the control signals before any thread starts, so only the signalfd sees them.
         let signals = tg_signalfd_for_control_signals()
         let flowLog = FlowLog(path: config.logFile)
@@ -27,16 +56,21 @@ public final class Daemon {
             headLimits: HeadLimits(requestLineBytes: config.limits.requestLineBytes, headerBytes: config.limits.headerBytes,
                                    headerCount: config.limits.headerCount),
             agents: AgentDirectory(config.agents),
-            ownAddresses: Set(config.transparent + config.explicit + (config.admin.map { [$0] } ?? [])))
+            ownAddresses: Set(config.transparent + config.explicit + (config.admin.map { [$0] } ?? [])),
+            tls: tls, splice: HostPatterns(config.tls.splice), spliceOnClientReject: config.tls.spliceOnClientReject)
 
         var workers: [Worker] = []
-        for index in 0..<max(1, config.workers) {
-            let loop = try EventLoop(index: index)
-            let worker = Worker(loop: loop, settings: settings, flowLog: flowLog, resolver: resolver)
-            for address in config.transparent { try worker.listen(on: address, kind: .transparent) }
-            for address in config.explicit { try worker.listen(on: address, kind: .explicit) }
-            if index == 0, let admin = config.admin { try worker.listen(on: admin, kind: .admin) }
-            workers.append(worker)
+        do {
+            for index in 0..<max(1, config.workers) {
+                let loop = try EventLoop(index: index)
+                let worker = Worker(loop: loop, settings: settings, flowLog: flowLog, resolver: resolver)
+                for address in config.transparent { try worker.listen(on: address, kind: .transparent) }
+                for address in config.explicit { try worker.listen(on: address, kind: .explicit) }
+                if index == 0, let admin = config.admin { try worker.listen(on: admin, kind: .admin) }
+                workers.append(worker)
+            }
+        } catch {
+            throw .listen(error)
         }
         let running = Atomic<Int>(workers.count)
         for worker in workers {

@@ -4,7 +4,11 @@ import TollgateIO
 /// One flow: an HTTP exchange, a tunnel, a raw TCP relay or a refused connection. Field names
 /// follow ECS; `tollgate.*` holds our own. Later issues add fields (TLS, rule, budget) here.
 public struct FlowRecord {
-    public enum Action: String { case httpRequest = "http_request", tunnel, tcpRelay = "tcp_relay", rejected }
+    public enum Action: String {
+        case httpRequest = "http_request", tunnel, tcpRelay = "tcp_relay", rejected
+        case tlsFailed = "tls_failed"
+        case tlsClientRejectedCertificate = "tls.client_rejected_certificate"
+    }
 
     public var timestampMilliseconds: Int64
     public var durationNanoseconds: UInt64 = 0
@@ -32,6 +36,13 @@ public struct FlowRecord {
     /// `transparent` or `explicit`.
     public var mode: String
     public var upstreamReused: Bool?
+    /// TLS as seen by the agent: `1.3`, cipher, SNI, whether the handshake completed, and what
+    /// Tollgate did with it (`intercepted`, `spliced`, `failed`).
+    public var tlsVersion: String?
+    public var tlsCipher: String?
+    public var tlsServerName: String?
+    public var tlsEstablished: Bool?
+    public var tlsHandling: String?
     public var errorType: String?
     public var errorMessage: String?
 
@@ -96,9 +107,19 @@ public struct FlowRecord {
             w.field("protocol", networkProtocol)
             w.field("transport", "tcp")
         }
+        if tlsHandling != nil {
+            out.object("tls") { w in
+                w.field("version", tlsVersion)
+                w.field("version_protocol", tlsVersion == nil ? nil : "tls")
+                w.field("cipher", tlsCipher)
+                w.field("established", tlsEstablished)
+                if let tlsServerName { w.object("client") { $0.field("server_name", tlsServerName) } }
+            }
+        }
         out.object("tollgate") { w in
             w.field("agent", agent)
             w.field("mode", mode)
+            w.field("tls", tlsHandling)
             w.field("upstream_reused", upstreamReused)
         }
         if let errorType {

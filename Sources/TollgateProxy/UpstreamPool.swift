@@ -1,10 +1,17 @@
 import TollgateIO
 
+/// What makes two upstream connections interchangeable: the address, and for TLS the SNI name.
+struct PoolKey: Hashable {
+    let address: SocketAddress
+    /// nil for plain TCP; the SNI sent ("" for none) for TLS.
+    let tlsServerName: String?
+}
+
 /// Idle keep-alive upstream connections of one loop, per destination: bounded per destination,
 /// closed after `upstream_idle`, and closed at once if the server sends anything or hangs up
 /// while idle (such a connection can never carry a clean next response).
 final class UpstreamPool {
-    private var idle: [SocketAddress: [PooledConnection]] = [:]
+    private var idle: [PoolKey: [PooledConnection]] = [:]
     private let maxPerDestination: Int
     private let idleTimeout: UInt64
 
@@ -14,7 +21,7 @@ final class UpstreamPool {
     }
 
     /// The most recently parked live connection to `destination`, if any.
-    func take(_ destination: SocketAddress) -> Connection? {
+    func take(_ destination: PoolKey) -> Connection? {
         while let entry = idle[destination]?.popLast() {
             entry.timer?.cancel()
             if !entry.connection.isClosed { return entry.connection }
@@ -23,7 +30,7 @@ final class UpstreamPool {
     }
 
     /// Parks a connection whose last response was read completely.
-    func put(_ connection: Connection, destination: SocketAddress, loop: EventLoop) {
+    func put(_ connection: Connection, destination: PoolKey, loop: EventLoop) {
         var list = idle[destination, default: []]
         if list.count >= maxPerDestination {
             list.removeFirst().connection.close()
@@ -53,11 +60,11 @@ final class UpstreamPool {
 /// Watches one parked connection.
 private final class PooledConnection: ConnectionDelegate, TimerTarget {
     let connection: Connection
-    let destination: SocketAddress
+    let destination: PoolKey
     unowned let pool: UpstreamPool
     var timer: Timer?
 
-    init(connection: Connection, destination: SocketAddress, pool: UpstreamPool) {
+    init(connection: Connection, destination: PoolKey, pool: UpstreamPool) {
         self.connection = connection
         self.destination = destination
         self.pool = pool
@@ -66,6 +73,6 @@ private final class PooledConnection: ConnectionDelegate, TimerTarget {
     func connectionReadable(_ connection: Connection) { pool.discard(self) }
     func connectionWritable(_ connection: Connection) {}
     func connectionConnected(_ connection: Connection, error: Errno?) {}
-    func connectionFailed(_ connection: Connection, error: Errno) { pool.discard(self) }
+    func connectionFailed(_ connection: Connection, error: ConnectionError) { pool.discard(self) }
     func timerFired(_ timer: Timer) { pool.discard(self) }
 }

@@ -1,6 +1,7 @@
 import TollgateConfig
 import TollgateHTTP
 import TollgateIO
+import TollgateTLS
 
 /// Settings every session reads, fixed at start-up.
 struct ProxySettings: Sendable {
@@ -10,6 +11,10 @@ struct ProxySettings: Sendable {
     let agents: AgentDirectory
     /// Addresses Tollgate itself listens on: a redirected connection headed there is a loop.
     let ownAddresses: Set<SocketAddress>
+    /// Nil when no CA is configured: TLS is then relayed untouched.
+    let tls: TLSEngine?
+    let splice: HostPatterns
+    let spliceOnClientReject: Bool
 }
 
 /// How a client reached Tollgate.

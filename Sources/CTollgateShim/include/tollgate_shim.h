@@ -7,6 +7,7 @@
 #include <sys/types.h>
 #include <sys/socket.h>
 #include <netinet/in.h>
+#include "tollgate_tls.h"
 
 /// epoll_create1(EPOLL_CLOEXEC).
 int tg_epoll_create(void);
