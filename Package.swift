@@ -24,9 +24,11 @@ let package = Package(
         ]),
         // TLS toward agents and origins: ClientHello parsing, the CA and leaf minting, OpenSSL transports.
         .target(name: "TollgateTLS", dependencies: ["CTollgateShim", "TollgateIO"]),
+        // Operators' rules in, decisions out: loading, validation, compiled matchers. Pure, no I/O on the decision path.
+        .target(name: "TollgatePolicy", dependencies: ["TollgateIO", "TollgateConfig"]),
         // The daemon: listeners, proxy sessions, upstream pool, flow records.
         .target(name: "TollgateProxy", dependencies: [
-            "TollgateIO", "TollgateHTTP", "TollgateConfig", "TollgateTLS",
+            "TollgateIO", "TollgateHTTP", "TollgateConfig", "TollgateTLS", "TollgatePolicy",
         ]),
         // The command line.
         .executableTarget(name: "tollgate", dependencies: [
@@ -35,6 +37,7 @@ let package = Package(
         ]),
         .testTarget(name: "TollgateHTTPTests", dependencies: ["TollgateHTTP"]),
         .testTarget(name: "TollgateIOTests", dependencies: ["TollgateIO"]),
+        .testTarget(name: "TollgatePolicyTests", dependencies: ["TollgatePolicy"]),
         .testTarget(name: "TollgateTLSTests", dependencies: ["TollgateTLS"]),
         .testTarget(name: "TollgateConfigTests", dependencies: ["TollgateConfig"]),
         .testTarget(name: "TollgateProxyTests", dependencies: ["TollgateProxy"]),

@@ -42,33 +42,10 @@ public struct TLSSettings: Sendable {
     public init() {}
 }
 
-/// A source network: an address and a prefix length.
-public struct CIDR: Hashable, Sendable, CustomStringConvertible {
-    public let network: IPAddress
-    public let prefix: Int
-
-    /// Parses `10.0.0.0/8`, `10.99.0.2` (a /32), `fd00::/8`.
-    public init?(parsing text: String) {
-        let parts = text.split(separator: "/", maxSplits: 1)
-        guard let ip = IPAddress(parsing: String(parts[0])) else { return nil }
-        let maxPrefix = ip.isV4 ? 32 : 128
-        if parts.count == 2 {
-            guard let prefix = Int(parts[1]), (0...maxPrefix).contains(prefix) else { return nil }
-            self.prefix = prefix
-        } else {
-            prefix = maxPrefix
-        }
-        network = ip
-    }
-
-    public func contains(_ ip: IPAddress) -> Bool { ip.isIn(network: network, prefix: prefix) }
-    public var description: String { "\(network)/\(prefix)" }
-}
-
 /// An agent: a name and the source networks its traffic comes from.
 public struct AgentDefinition: Sendable {
     public let name: String
-    public let sources: [CIDR]
+    public let sources: [CIDRBlock]
 }
 
 /// The daemon configuration (`tollgate run --config FILE`).
@@ -165,10 +142,10 @@ public struct Config: Sendable {
 
     static func readAgents(_ value: YAMLValue, _ errors: inout [ConfigError]) -> [AgentDefinition] {
         value.namedMapping(errors: &errors, context: "agents").map { name, body in
-            var sources: [CIDR] = []
+            var sources: [CIDRBlock] = []
             for (key, item) in body.mapping(allowed: ["sources"], errors: &errors, context: "agent '\(name)'") where key == "sources" {
                 for (text, node) in item.stringList(errors: &errors, context: "agents.\(name).sources") {
-                    if let cidr = CIDR(parsing: text) { sources.append(cidr) } else {
+                    if let cidr = CIDRBlock(parsing: text) { sources.append(cidr) } else {
                         errors.append(node.error("agents.\(name).sources: '\(text)' is not an IP address or CIDR"))
                     }
                 }
@@ -224,20 +201,5 @@ public struct Config: Sendable {
                 timeouts[keyPath: keys[key]!] = nanoseconds
             }
         }
-    }
-}
-
-/// Maps a source address to its agent: the most specific matching network wins.
-public struct AgentDirectory: Sendable {
-    private let entries: [(CIDR, String)]
-
-    public init(_ agents: [AgentDefinition]) {
-        entries = agents.flatMap { agent in agent.sources.map { ($0, agent.name) } }
-            .sorted { $0.0.prefix > $1.0.prefix }
-    }
-
-    /// The agent for `source`, or nil for an unknown source.
-    public func agent(for source: IPAddress) -> String? {
-        entries.first { $0.0.contains(source) }?.1
     }
 }

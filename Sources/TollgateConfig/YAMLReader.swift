@@ -22,6 +22,7 @@ public struct ConfigError: Error, CustomStringConvertible, Sendable, Equatable {
 /// Several errors found in one pass, so operators fix them all at once.
 public struct ConfigErrors: Error, CustomStringConvertible, Sendable {
     public let errors: [ConfigError]
+    public init(errors: [ConfigError]) { self.errors = errors }
     public var description: String { errors.map(\.description).joined(separator: "\n") }
 }
 
@@ -29,6 +30,11 @@ public struct ConfigErrors: Error, CustomStringConvertible, Sendable {
 public struct YAMLValue {
     public let node: Node
     public let file: String
+
+    public init(node: Node, file: String) {
+        self.node = node
+        self.file = file
+    }
 
     /// Parses `text`; syntax errors carry the parser's position.
     public static func parse(_ text: String, file: String) throws(ConfigError) -> YAMLValue? {

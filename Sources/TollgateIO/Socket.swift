@@ -139,3 +139,24 @@ public struct Socket: Hashable, Sendable {
 
     func setNoDelay() { _ = tg_setsockopt_int(fd, TG_IPPROTO_TCP, TG_TCP_NODELAY, 1) }
 }
+
+/// Every address configured on this host's interfaces (Tollgate's own addresses, for loop checks).
+public func localInterfaceAddresses() -> [IPAddress] {
+    var list: UnsafeMutablePointer<ifaddrs>?
+    guard getifaddrs(&list) == 0 else { return [] }
+    defer { freeifaddrs(list) }
+    var result: [IPAddress] = []
+    var cursor = list
+    while let entry = cursor {
+        if let address = entry.pointee.ifa_addr {
+            var storage = sockaddr_storage()
+            let length = CInt(address.pointee.sa_family) == AF_INET6 ? MemoryLayout<sockaddr_in6>.size : MemoryLayout<sockaddr_in>.size
+            if CInt(address.pointee.sa_family) == AF_INET || CInt(address.pointee.sa_family) == AF_INET6 {
+                withUnsafeMutableBytes(of: &storage) { $0.copyMemory(from: UnsafeRawBufferPointer(start: address, count: length)) }
+                if let parsed = SocketAddress(storage: storage) { result.append(parsed.ip) }
+            }
+        }
+        cursor = entry.pointee.ifa_next
+    }
+    return result
+}

@@ -141,3 +141,31 @@ public struct IPAddress: Hashable, Sendable, CustomStringConvertible {
         return String(decoding: out.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 }
+
+/// An address block (a single address is a /32 or /128).
+public struct CIDRBlock: Sendable, Equatable, Hashable, CustomStringConvertible {
+    public let network: IPAddress
+    public let prefix: Int
+
+    public init(network: IPAddress, prefix: Int) {
+        self.network = network
+        self.prefix = prefix
+    }
+
+    /// Parses `10.0.0.0/8`, `203.0.113.10`, `fd00::/8`.
+    public init?(parsing text: String) {
+        let parts = text.split(separator: "/", maxSplits: 1, omittingEmptySubsequences: false)
+        guard let ip = IPAddress(parsing: String(parts[0])) else { return nil }
+        let maxPrefix = ip.isV4 ? 32 : 128
+        var prefix = maxPrefix
+        if parts.count == 2 {
+            guard let value = Int(parts[1]), (0...maxPrefix).contains(value) else { return nil }
+            prefix = value
+        }
+        self.init(network: ip, prefix: prefix)
+    }
+
+    public func contains(_ ip: IPAddress) -> Bool { ip.isIn(network: network, prefix: prefix) }
+    public var description: String { prefix == (network.isV4 ? 32 : 128) ? "\(network)" : "\(network)/\(prefix)" }
+}
+

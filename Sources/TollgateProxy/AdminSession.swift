@@ -1,15 +1,19 @@
 import TollgateHTTP
 import TollgateIO
 
-/// One request on the admin listener (`GET /healthz`; metrics and rule status come later).
+/// One request on the admin listener: `GET /healthz`, `GET /metrics` (rule status comes with the policy engine).
 /// Answers and closes: the admin API is low-volume and operator-facing.
 final class AdminSession: ConnectionDelegate, TimerTarget {
     private let connection: Connection
     private var scanner = HeadScanner()
     private lazy var timer = Timer(loop: connection.loop, target: self)
+    private let metrics: MetricsRenderer?
+    private let rules: RuleStore?
 
-    init(socket: Socket, loop: EventLoop) {
+    init(socket: Socket, loop: EventLoop, metrics: MetricsRenderer?, rules: RuleStore?) {
         connection = Connection(socket: socket, loop: loop, connecting: false)
+        self.metrics = metrics
+        self.rules = rules
     }
 
     func start() {
@@ -36,9 +40,41 @@ final class AdminSession: ConnectionDelegate, TimerTarget {
         switch (head.method, head.target) {
         case ("GET", "/healthz"), ("HEAD", "/healthz"):
             answer(200, "ok\n", contentType: "text/plain")
+        case ("GET", "/metrics"):
+            answer(200, metrics?.render() ?? "", contentType: "text/plain; version=0.0.4")
+        case ("GET", "/v1/rules/status"):
+            answer(200, rulesStatus())
+        case ("POST", "/v1/rules/reload"):
+            guard let rules else { return answer(404, "{\"error\":{\"type\":\"not_found\",\"message\":\"no rules\"}}\n") }
+            // Parsing and compiling happen off the loop; the answer comes back here when done.
+            let bound = UncheckedSendable(self)
+            let loop = connection.loop
+            startThread(name: "tollgate-reload") {
+                let error = rules.reload()
+                loop.execute {
+                    let session = bound.value
+                    session.answer(error == nil ? 200 : 422, session.rulesStatus())
+                }
+            }
         default:
             answer(404, "{\"error\":{\"type\":\"not_found\",\"message\":\"no such admin endpoint\"}}\n")
         }
+    }
+
+    private func rulesStatus() -> String {
+        var out = JSONWriter(capacity: 256)
+        out.beginObject()
+        if let status = rules?.status {
+            out.field("version", status.version)
+            out.key("loaded_at"); out.timestamp(milliseconds: status.loadedAt * 1000)
+            out.field("rules", status.rules)
+            out.field("agents", status.agents)
+            out.field("last_error", status.lastError)
+            if let at = status.lastErrorAt { out.key("last_error_at"); out.timestamp(milliseconds: at * 1000) }
+        }
+        out.endObject()
+        out.newline()
+        return String(decoding: out.bytes, as: UTF8.self)
     }
 
     private func answer(_ status: Int, _ body: String, contentType: String = "application/json") {

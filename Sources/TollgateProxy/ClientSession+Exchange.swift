@@ -102,11 +102,19 @@ extension ClientSession {
         if head.upgrade == nil && !head.isConnect { timer.arm(after: settings.timeouts.response) }
 
         if let destination = originalDestination, !head.isConnect {
-            attachUpstream(destination)
+            admitThenAttach(destination)
         } else if let literal = IPAddress(parsing: target.host) {
-            attachUpstream(SocketAddress(ip: literal, port: target.port))
+            admitThenAttach(SocketAddress(ip: literal, port: target.port))
         } else {
             resolveAndAttach(host: target.host, port: target.port)
+        }
+    }
+
+    /// Decides on the exact address that will be dialled (no second lookup), then dials it.
+    private func admitThenAttach(_ destination: SocketAddress) {
+        guard let exchange else { return }
+        if admitRequest(host: exchange.target.host, ip: destination.ip, port: destination.port) {
+            attachUpstream(destination)
         }
     }
 
@@ -140,7 +148,7 @@ extension ClientSession {
             upstreamFailed(type: "upstream_dns_failed", message: "could not resolve \(host)", status: 502)
             return
         }
-        attachUpstream(SocketAddress(ip: first, port: port))
+        admitThenAttach(SocketAddress(ip: first, port: port))
     }
 
     /// True when requests on this connection arrived inside TLS we terminated.
@@ -455,14 +463,17 @@ extension ClientSession {
     // MARK: Errors
 
     /// Answers with Tollgate's own JSON error and closes the client after it.
-    func respondError(status: Int, type: String, message: String, reason: String? = nil) {
+    func respondError(status: Int, type: String, message: String, reason: String? = nil,
+                      extraFields: [(String, String)] = [], headers: [(String, String)] = []) {
         if let exchange, exchange.responseHeadSent { return abort(reason: type, message: message) }
         upstream?.close()
         upstream = nil
         var record = exchange?.record ?? newRecord(action: .httpRequest, networkProtocol: "http")
         record.statusCode = status
-        record.errorType = type
-        record.errorMessage = message
+        if status != 403 || type != "policy_denied" {
+            record.errorType = type
+            record.errorMessage = message
+        }
         finishRecord(&record)
         worker.record(record)
         exchange = nil
@@ -471,11 +482,12 @@ extension ClientSession {
         body.object("error") { w in
             w.field("type", type)
             w.field("message", message)
+            for (name, value) in extraFields { w.field(name, value) }
         }
         body.endObject()
         body.newline()
         worker.scratch.removeAll(keepingCapacity: true)
-        HeadWriter.writeLocalResponse(status: status, reason: reasonPhrase(status), headers: [("Content-Type", "application/json")],
+        HeadWriter.writeLocalResponse(status: status, reason: reasonPhrase(status), headers: [("Content-Type", "application/json")] + headers,
                                       body: body.bytes, close: true, into: &worker.scratch)
         client.outbound.append(worker.scratch)
         client.flush()

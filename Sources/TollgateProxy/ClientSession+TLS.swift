@@ -1,4 +1,5 @@
 import TollgateIO
+import TollgatePolicy
 import TollgateTLS
 
 /// What Tollgate knows and did about the agent's TLS on this connection.
@@ -26,18 +27,54 @@ extension ClientSession {
         case .invalid(let reason):
             tlsFailed(type: "tls_bad_client_hello", message: reason)
         case .complete(let hello):
-            let name = hello.serverName
-            guard let engine = settings.tls else {
-                tlsInfo = TLSInfo(serverName: name, handling: .spliced)
-                return startRawRelay(networkProtocol: "tls")
-            }
-            if let name, settings.splice.matches(name) || engine.isLearnedSplice(name) {
-                tlsInfo = TLSInfo(serverName: name, handling: .spliced)
-                return startRawRelay(networkProtocol: "tls")
-            }
-            tlsInfo = TLSInfo(serverName: name, handling: .intercepted)
-            intercept(serverName: name, engine: engine)
+            decideTLS(serverName: hello.serverName)
         }
+    }
+
+    /// Connection-level decision on the ClientHello: splice, or intercept (a denial is answered
+    /// inside the intercepted connection, so the agent reads why instead of seeing a reset).
+    private func decideTLS(serverName: String?) {
+        guard let destination = originalDestination else { return close() }
+        let name = serverName.flatMap { HostNames.normalize($0) } ?? serverName
+        tlsInfo = TLSInfo(serverName: name, handling: .intercepted)
+        let decision: Decision
+        if policy.enforcing {
+            decision = policy.connectionDecision(agent: agentID, host: name, ip: destination.ip, port: destination.port, rawTCP: false)
+        } else if let name, settings.splice.matches(name) || settings.tls?.isLearnedSplice(name) == true {
+            decision = Decision(verdict: .splice, ruleIndex: nil, reason: "tls.splice")
+        } else {
+            decision = Decision(verdict: .allow, ruleIndex: nil, reason: "no_rules")
+        }
+        if decision.verdict == .deny { pendingDenial = decision }
+        guard settings.tls != nil else {
+            // No CA: TLS cannot be opened, so it is relayed untouched unless denied.
+            tlsInfo?.handling = .spliced
+            if decision.verdict == .deny { return tlsDenied(decision) }
+            return startRawRelay(networkProtocol: "tls", decision: decision)
+        }
+        if decision.verdict == .splice {
+            tlsInfo?.handling = .spliced
+            guard let name, policy.enforcing else { return startRawRelay(networkProtocol: "tls", decision: decision) }
+            return verifySpliceThenRelay(serverName: name, decision: decision)
+        }
+        interceptAfterDecision()
+    }
+
+    /// Without a CA a denied TLS connection can only be closed, with its record.
+    private func tlsDenied(_ decision: Decision) {
+        var record = newRecord(action: .rejected, networkProtocol: "tls")
+        record.destinationIP = originalDestination?.ip
+        record.destinationPort = originalDestination?.port
+        apply(decision, to: &record)
+        worker.record(record)
+        close()
+    }
+
+    /// Terminates the agent's TLS with a minted certificate.
+    func interceptAfterDecision() {
+        guard let engine = settings.tls else { return close() }
+        worker.counters.increment(.tlsIntercepted)
+        intercept(serverName: tlsInfo?.serverName, engine: engine)
     }
 
     private func intercept(serverName: String?, engine: TLSEngine) {

@@ -1,5 +1,6 @@
 import TollgateHTTP
 import TollgateIO
+import TollgatePolicy
 
 /// A byte tunnel: CONNECT, an upgraded (101) connection, or a raw TCP relay.
 struct TunnelState {
@@ -14,12 +15,14 @@ struct TunnelState {
 }
 
 extension ClientSession {
-    /// Transparent traffic that is not HTTP: relay it untouched to the original destination.
-    func startRawRelay(networkProtocol: String) {
+    /// Relays the connection untouched to the original destination (raw TCP, spliced TLS).
+    func startRawRelay(networkProtocol: String, decision: Decision) {
         guard let destination = originalDestination else { return close() }
         var record = newRecord(action: .tcpRelay, networkProtocol: networkProtocol)
         record.destinationIP = destination.ip
         record.destinationPort = destination.port
+        apply(decision, to: &record)
+        if networkProtocol == "tls" { worker.counters.increment(.tlsSpliced) }
         tunnel = TunnelState(record: record, networkProtocol: networkProtocol, startNanoseconds: worker.loop.now,
                              clientBytesBase: (0, 0))
         upstreamDestination = destination

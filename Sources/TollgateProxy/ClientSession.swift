@@ -1,5 +1,6 @@
 import TollgateHTTP
 import TollgateIO
+import TollgatePolicy
 import TollgateTLS
 
 /// One client connection and, at any moment, at most one upstream connection: sniffing,
@@ -7,13 +8,18 @@ import TollgateTLS
 /// All methods run on the worker's loop.
 final class ClientSession: ConnectionDelegate, TimerTarget {
     enum Phase {
-        case sniffing, awaitingCertificate, tlsHandshake, readingHead, resolving, connecting, exchanging, tunnel, closed
+        case sniffing, verifyingSplice, awaitingCertificate, tlsHandshake, readingHead, resolving, connecting, exchanging, tunnel, closed
     }
 
     let worker: Worker
     let client: Connection
     let source: SocketAddress
+    /// The rules this connection started under (a reload does not change them mid-flight).
+    let policy: Policy
+    let agentID: Int?
     let agent: String
+    /// A connection-level denial (unknown agent, denied SNI...) answered on the first request.
+    var pendingDenial: Decision?
     let kind: ListenerKind
     /// Where the agent's bytes are headed: SO_ORIGINAL_DST, or the target of a CONNECT.
     var originalDestination: SocketAddress?
@@ -33,11 +39,13 @@ final class ClientSession: ConnectionDelegate, TimerTarget {
     private var clientReadThrottled = false
     private var upstreamReadThrottled = false
 
-    init(worker: Worker, client: Connection, source: SocketAddress, agent: String, kind: ListenerKind) {
+    init(worker: Worker, client: Connection, source: SocketAddress, policy: Policy, kind: ListenerKind) {
         self.worker = worker
         self.client = client
         self.source = source
-        self.agent = agent
+        self.policy = policy
+        agentID = policy.agent(for: source.ip)
+        agent = agentID.map { policy.agents[$0].name } ?? "unknown"
         self.kind = kind
     }
 
@@ -101,7 +109,7 @@ final class ClientSession: ConnectionDelegate, TimerTarget {
             clientReadable()
         } else if connection === preconnected {
             // The CONNECT target spoke first (SSH, SMTP...): nothing to sniff, relay it.
-            if phase == .sniffing { startRawRelay(networkProtocol: "tcp") }
+            if phase == .sniffing { relayRawTCP() }
         } else {
             upstreamReadable()
         }
@@ -167,7 +175,7 @@ final class ClientSession: ConnectionDelegate, TimerTarget {
         switch phase {
         case .sniffing:
             // Nothing sent yet: a server-speaks-first protocol (SSH, SMTP...). Relay it as raw TCP.
-            startRawRelay(networkProtocol: "tcp")
+            relayRawTCP()
         case .readingHead:
             if client.inbound.isEmpty && exchangeCount > 0 || client.inbound.isEmpty && draining {
                 close()
@@ -176,6 +184,8 @@ final class ClientSession: ConnectionDelegate, TimerTarget {
             }
         case .resolving, .connecting:
             upstreamFailed(type: "upstream_timeout", message: "connecting to the upstream timed out", status: 504)
+        case .verifyingSplice:
+            tlsFailed(type: "dns_timeout", message: "could not resolve the TLS server name in time")
         case .awaitingCertificate, .tlsHandshake:
             tlsFailed(type: "tls_handshake_timeout", message: "TLS handshake with the agent did not finish in time")
         case .exchanging:
@@ -212,7 +222,7 @@ final class ClientSession: ConnectionDelegate, TimerTarget {
         switch phase {
         case .sniffing, .readingHead, .tlsHandshake:
             client.wantsRead = true
-        case .awaitingCertificate:
+        case .awaitingCertificate, .verifyingSplice:
             client.wantsRead = false
         case .resolving, .connecting:
             client.wantsRead = client.inbound.readableBytes < limits.bufferHighWater
@@ -247,9 +257,9 @@ final class ClientSession: ConnectionDelegate, TimerTarget {
             case .tls:
                 handleClientHello()
             case .other:
-                startRawRelay(networkProtocol: "tcp")
+                relayRawTCP()
             case .undecided:
-                if client.peerClosed { startRawRelay(networkProtocol: "tcp") }
+                if client.peerClosed { relayRawTCP() }
             }
         case .readingHead:
             readRequestHead()
@@ -264,7 +274,7 @@ final class ClientSession: ConnectionDelegate, TimerTarget {
             if client.peerClosed && exchange?.requestComplete == false && client.inbound.isEmpty {
                 abort(reason: "client_closed", message: "client closed before the request was sent")
             }
-        case .awaitingCertificate, .tlsHandshake, .closed:
+        case .awaitingCertificate, .verifyingSplice, .tlsHandshake, .closed:
             break
         }
     }

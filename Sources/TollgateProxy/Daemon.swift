@@ -6,6 +6,7 @@ import Synchronization
 import TollgateConfig
 import TollgateHTTP
 import TollgateIO
+import TollgatePolicy
 import TollgateTLS
 
 /// Starts the workers for a config and runs until SIGTERM/SIGINT has drained them.
@@ -19,10 +20,12 @@ public final class Daemon {
     /// Why the daemon could not start.
     public enum StartError: Error, CustomStringConvertible {
         case tls(TLSSetupError)
+        case rules(ConfigErrors)
         case listen(SystemError)
         public var description: String {
             switch self {
             case .tls(let error): return error.description
+            case .rules(let errors): return "rules are broken:\n\(errors)"
             case .listen(let error): return error.description
             }
         }
@@ -46,6 +49,23 @@ public final class Daemon {
     /// Binds every listener (failing fast if one cannot be bound), then serves. Returns after a drain.
     public func run() throws(StartError) {
         let tls = try makeTLSEngine()
+        let ownAddresses = Set(config.transparent + config.explicit + (config.admin.map { [$0] } ?? []))
+        let rules: RuleStore
+        do {
+            let fallback = config.agents.map { agent in
+                Agent(name: agent.name, sources: agent.sources, groups: [], dailyBudgetUSD: nil,
+                      location: SourceLocation(file: "config", line: 1, column: 1))
+            }
+            rules = try RuleStore(directory: config.rulesDirectory, fallbackAgents: fallback,
+                                  ownAddresses: Set(ownAddresses.map(\.ip) + localInterfaceAddresses()))
+        } catch let error as ConfigErrors {
+            throw .rules(error)
+        } catch {
+            preconditionFailure("RuleStore.init throws only ConfigErrors")
+        }
+        if config.rulesDirectory == nil {
+            Log.warning("no `rules` directory configured: every flow is allowed (and recorded)")
+        }
         // Block the control signals before any thread starts, so only the signalfd sees them.
         let signals = tg_signalfd_for_control_signals()
         let flowLog = FlowLog(path: config.logFile)
@@ -55,15 +75,14 @@ public final class Daemon {
             limits: config.limits, timeouts: config.timeouts,
             headLimits: HeadLimits(requestLineBytes: config.limits.requestLineBytes, headerBytes: config.limits.headerBytes,
                                    headerCount: config.limits.headerCount),
-            agents: AgentDirectory(config.agents),
-            ownAddresses: Set(config.transparent + config.explicit + (config.admin.map { [$0] } ?? [])),
+            ownAddresses: ownAddresses,
             tls: tls, splice: HostPatterns(config.tls.splice), spliceOnClientReject: config.tls.spliceOnClientReject)
 
         var workers: [Worker] = []
         do {
             for index in 0..<max(1, config.workers) {
                 let loop = try EventLoop(index: index)
-                let worker = Worker(loop: loop, settings: settings, flowLog: flowLog, resolver: resolver)
+                let worker = Worker(loop: loop, settings: settings, flowLog: flowLog, resolver: resolver, policy: rules.policy)
                 for address in config.transparent { try worker.listen(on: address, kind: .transparent) }
                 for address in config.explicit { try worker.listen(on: address, kind: .explicit) }
                 if index == 0, let admin = config.admin { try worker.listen(on: admin, kind: .admin) }
@@ -72,6 +91,16 @@ public final class Daemon {
         } catch {
             throw .listen(error)
         }
+        workers[0].metrics = MetricsRenderer(loops: workers.map(\.counters), flowLog: flowLog, tls: tls)
+        workers[0].rules = rules
+        let boundWorkers = UncheckedSendable(workers)
+        rules.subscribe { policy in
+            for worker in boundWorkers.value {
+                let bound = UncheckedSendable(worker)
+                worker.loop.execute { bound.value.policy = policy }
+            }
+        }
+        rules.startWatching()
         let running = Atomic<Int>(workers.count)
         for worker in workers {
             let bound = UncheckedSendable(worker)
@@ -82,7 +111,7 @@ public final class Daemon {
         }
         Log.info("serving: transparent \(config.transparent), explicit \(config.explicit), admin \(config.admin.map { "\($0)" } ?? "none"), \(workers.count) worker(s)")
 
-        waitForTermination(signals)
+        waitForTermination(signals, rules: rules)
         Log.info("draining (deadline \(config.timeouts.drain / 1_000_000_000)s)")
         for worker in workers {
             let bound = UncheckedSendable(worker)
@@ -96,12 +125,12 @@ public final class Daemon {
         Log.info("stopped")
     }
 
-    /// Blocks the main thread on the signalfd; SIGHUP is reserved for rule reload (policy issue).
-    private func waitForTermination(_ signals: CInt) {
+    /// Blocks the main thread on the signalfd: SIGTERM/SIGINT return (drain), SIGHUP reloads the rules.
+    private func waitForTermination(_ signals: CInt, rules: RuleStore) {
         while true {
             let signal = tg_read_signal(signals)
             if signal == SIGTERM || signal == SIGINT { return }
-            if signal == SIGHUP { Log.info("SIGHUP received: reload is not configured yet; ignoring") }
+            if signal == SIGHUP { rules.requestReload() }
         }
     }
 }

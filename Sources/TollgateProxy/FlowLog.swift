@@ -12,6 +12,7 @@ public final class FlowLog: Sendable {
         var pending: [UInt8] = []
         var dropped = 0
         var written = 0
+        var queuedRecords = 0
     }
 
     private let state = Mutex(State())
@@ -37,11 +38,13 @@ public final class FlowLog: Sendable {
                 state.dropped += 1
             } else {
                 state.pending.append(contentsOf: line)
+                state.queuedRecords += 1
             }
         }
     }
 
-    public var droppedCount: Int { state.withLock { $0.dropped } }
+    /// Records written to the file and records lost so far.
+    public var statistics: (written: Int, dropped: Int) { state.withLock { ($0.written, $0.dropped) } }
 
     /// Flushes what is queued and stops the writer; returns once it is on disk.
     public func stop() {
@@ -55,7 +58,12 @@ public final class FlowLog: Sendable {
         var swapped: [UInt8] = []
         while true {
             let stopping = stopped.load(ordering: .acquiring)
-            state.withLock { state in swap(&state.pending, &swapped) }
+            let records = state.withLock { state in
+                swap(&state.pending, &swapped)
+                defer { state.queuedRecords = 0 }
+                return state.queuedRecords
+            }
+            if !swapped.isEmpty && path == nil { state.withLock { $0.written += records } }
             if !swapped.isEmpty, let path {
                 if fd < 0 {
                     ensureParentDirectory(of: path)
@@ -63,11 +71,12 @@ public final class FlowLog: Sendable {
                 }
                 if fd >= 0, writeAll(fd, swapped) {
                     reportedError = false
+                    state.withLock { $0.written += records }
                 } else if !reportedError {
                     reportedError = true
                     let reason = String(cString: strerror(errno))
                     Log.error("flow log \(path): write failed (\(reason)); records are being lost")
-                    state.withLock { $0.dropped += 1 }
+                    state.withLock { $0.dropped += records }
                 }
             }
             swapped.removeAll(keepingCapacity: true)

@@ -43,6 +43,11 @@ public struct FlowRecord {
     public var tlsServerName: String?
     public var tlsEstablished: Bool?
     public var tlsHandling: String?
+    /// The policy's verdict (`allow`, `deny`, `splice`, `report`), the rule and its file, and why.
+    public var decision: String?
+    public var ruleName: String?
+    public var ruleset: String?
+    public var reason: String?
     public var errorType: String?
     public var errorMessage: String?
 
@@ -63,7 +68,8 @@ public struct FlowRecord {
         out.object("event") { w in
             w.field("action", action.rawValue)
             w.field("duration", Int(durationNanoseconds))
-            w.field("outcome", errorType == nil ? "success" : "failure")
+            w.field("outcome", errorType == nil && decision != "deny" ? "success" : "failure")
+            w.field("reason", reason)
         }
         out.object("source") { w in
             w.field("ip", sourceIP.description)
@@ -107,6 +113,12 @@ public struct FlowRecord {
             w.field("protocol", networkProtocol)
             w.field("transport", "tcp")
         }
+        if ruleName != nil {
+            out.object("rule") { w in
+                w.field("name", ruleName)
+                w.field("ruleset", ruleset)
+            }
+        }
         if tlsHandling != nil {
             out.object("tls") { w in
                 w.field("version", tlsVersion)
@@ -120,6 +132,7 @@ public struct FlowRecord {
             w.field("agent", agent)
             w.field("mode", mode)
             w.field("tls", tlsHandling)
+            w.field("decision", decision)
             w.field("upstream_reused", upstreamReused)
         }
         if let errorType {

@@ -1,6 +1,7 @@
 import TollgateConfig
 import TollgateHTTP
 import TollgateIO
+import TollgatePolicy
 import TollgateTLS
 
 /// Settings every session reads, fixed at start-up.
@@ -8,7 +9,6 @@ struct ProxySettings: Sendable {
     let limits: Limits
     let timeouts: Timeouts
     let headLimits: HeadLimits
-    let agents: AgentDirectory
     /// Addresses Tollgate itself listens on: a redirected connection headed there is a loop.
     let ownAddresses: Set<SocketAddress>
     /// Nil when no CA is configured: TLS is then relayed untouched.
@@ -31,6 +31,13 @@ final class Worker: TimerTarget, @unchecked Sendable {  // confined to `loop`'s 
     let resolver: Resolver
     let dnsCache = ResolverCache()
     let pool: UpstreamPool
+    let counters = LoopCounters()
+    /// The active rules; replaced (on this loop) after a reload. Sessions keep the one they started with.
+    var policy: Policy
+    /// Set on the loop that serves the admin listener.
+    var rules: RuleStore?
+    /// Set on the loop that serves the admin listener.
+    var metrics: MetricsRenderer?
     private var listeners: [Listener] = []
     private var sessions: [ObjectIdentifier: ClientSession] = [:]
     private(set) var draining = false
@@ -40,7 +47,8 @@ final class Worker: TimerTarget, @unchecked Sendable {  // confined to `loop`'s 
     var scratch: [UInt8] = []
     private var json = JSONWriter()
 
-    init(loop: EventLoop, settings: ProxySettings, flowLog: FlowLog, resolver: Resolver) {
+    init(loop: EventLoop, settings: ProxySettings, flowLog: FlowLog, resolver: Resolver, policy: Policy) {
+        self.policy = policy
         self.loop = loop
         self.settings = settings
         self.flowLog = flowLog
@@ -60,23 +68,31 @@ final class Worker: TimerTarget, @unchecked Sendable {  // confined to `loop`'s 
 
     private func accepted(_ socket: Socket, peer: SocketAddress, kind: ListenerKind) {
         if kind == .admin {
-            AdminSession(socket: socket, loop: loop).start()
+            AdminSession(socket: socket, loop: loop, metrics: metrics, rules: rules).start()
             return
         }
+        counters.increment(.connectionsAccepted)
+        counters.increment(.connectionsOpen)
         let connection = Connection(socket: socket, loop: loop, connecting: false)
-        let agent = settings.agents.agent(for: peer.ip) ?? "unknown"
-        let session = ClientSession(worker: self, client: connection, source: peer, agent: agent, kind: kind)
+        let session = ClientSession(worker: self, client: connection, source: peer, policy: policy, kind: kind)
         sessions[ObjectIdentifier(session)] = session
         session.start()
     }
 
     func sessionEnded(_ session: ClientSession) {
-        sessions[ObjectIdentifier(session)] = nil
+        guard sessions.removeValue(forKey: ObjectIdentifier(session)) != nil else { return }
+        counters.increment(.connectionsOpen, by: -1)
         if draining && sessions.isEmpty { finishDrain() }
     }
 
     /// Writes a flow record to the log pipeline.
     func record(_ record: FlowRecord) {
+        switch record.action {
+        case .httpRequest: counters.increment(.requests)
+        case .tlsFailed: counters.increment(.tlsFailed)
+        case .tlsClientRejectedCertificate: counters.increment(.tlsClientRejected)
+        default: break
+        }
         json.reset()
         record.encode(into: &json)
         flowLog.submit(json.bytes)

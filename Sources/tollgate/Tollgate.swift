@@ -1,6 +1,8 @@
 // tollgate: the command line — run the proxy, validate its config.
 import ArgumentParser
 import TollgateConfig
+import TollgateIO
+import TollgatePolicy
 import TollgateProxy
 import TollgateTLS
 
@@ -8,7 +10,7 @@ import TollgateTLS
 struct Tollgate: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "A transparent egress proxy with a policy engine for coding agents.",
-        subcommands: [Run.self, CheckConfig.self, CA.self])
+        subcommands: [Run.self, CheckConfig.self, Check.self, Explain.self, CA.self])
 }
 
 /// `tollgate run --config FILE`
@@ -39,6 +41,122 @@ struct CheckConfig: ParsableCommand {
     func run() throws {
         _ = try loadConfig(config)
         print("\(config): ok")
+    }
+}
+
+/// `tollgate check [--rules DIR]`: validates the rules without starting anything.
+struct Check: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Validate the rules directory: errors and shadowed rules.")
+    @Option(name: .long, help: "The rules directory.") var rules = "rules"
+
+    func run() throws {
+        let source = RuleLoader.load(directory: rules)
+        for error in source.errors { print(error.description) }
+        for warning in source.warnings { print(warning.description) }
+        if !source.errors.isEmpty { throw ExitCode(1) }
+        if source.warnings.isEmpty { print("\(rules): \(source.rules.count) rule(s), \(source.agents.count) agent(s), ok") }
+    }
+}
+
+/// `tollgate explain`: the decision the proxy would make for a request, and why.
+struct Explain: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Show which rule decides a request, using the proxy's engine.")
+    @Option(name: .long, help: "The rules directory.") var rules = "rules"
+    @Option(name: .long, help: "Agent name.") var agent: String?
+    @Option(name: .long, help: "Source address (instead of --agent).") var source: String?
+    @Option(name: .long, help: "HTTP method.") var method = "GET"
+    @Option(name: .long, help: "Destination address, when the URL names a host (default: the host if it is an address, else 203.0.113.1).")
+    var address: String?
+    @Argument(help: "URL, e.g. https://github.com/org/repo") var url: String
+
+    func run() throws {
+        let loaded = RuleLoader.load(directory: rules)
+        if !loaded.errors.isEmpty {
+            for error in loaded.errors { printError(error.description) }
+            throw ExitCode(1)
+        }
+        let policy = Policy(source: loaded, loadedAt: 0)
+        let agentID: Int?
+        if let agent {
+            guard let id = policy.agentID(named: agent) else {
+                printError("unknown agent '\(agent)'")
+                throw ExitCode(1)
+            }
+            agentID = id
+        } else if let source {
+            guard let ip = IPAddress(parsing: source) else {
+                printError("--source must be an IP address")
+                throw ExitCode(1)
+            }
+            agentID = policy.agent(for: ip)
+        } else {
+            printError("give --agent NAME or --source IP")
+            throw ExitCode(1)
+        }
+        guard let target = ExplainTarget(url: url) else {
+            printError("cannot parse URL '\(url)' (expected http://, https:// or tcp://host:port)")
+            throw ExitCode(1)
+        }
+        let ip = IPAddress(parsing: address ?? target.host) ?? IPAddress(parsing: "203.0.113.1")!
+        let host = IPAddress(parsing: target.host) == nil ? HostNames.normalize(target.host) : nil
+        let decision: Decision
+        if target.scheme == "tcp" {
+            decision = policy.connectionDecision(agent: agentID, host: nil, ip: ip, port: target.port, rawTCP: true)
+        } else {
+            if target.scheme == "https" {
+                let connection = policy.connectionDecision(agent: agentID, host: host, ip: ip, port: target.port, rawTCP: false)
+                if connection.verdict == .splice || connection.verdict == .deny {
+                    print(describe(connection, policy: policy, stage: "connection"))
+                    return
+                }
+            }
+            decision = policy.requestDecision(agent: agentID, host: host, ip: ip, port: target.port, method: method.uppercased(), path: target.path)
+        }
+        print(describe(decision, policy: policy, stage: target.scheme == "tcp" ? "connection" : "request"))
+    }
+
+    private func describe(_ decision: Decision, policy: Policy, stage: String) -> String {
+        var lines = ["decision: \(decision.verdict.rawValue) (\(stage) level)"]
+        if let index = decision.ruleIndex {
+            let rule = policy.rules[index]
+            lines.append("rule:     \(rule.name) at \(rule.location)")
+            lines.append("action:   \(rule.action.rawValue), mode \(rule.mode.rawValue)")
+        }
+        lines.append("reason:   \(decision.reason)")
+        return lines.joined(separator: "\n")
+    }
+}
+
+/// A URL given to `explain`.
+struct ExplainTarget {
+    let scheme: String
+    let host: String
+    let port: UInt16
+    let path: String
+
+    init?(url: String) {
+        guard let schemeEnd = url.range(of: "://") else { return nil }
+        scheme = url[..<schemeEnd.lowerBound].lowercased()
+        let defaultPort: UInt16
+        switch scheme {
+        case "http": defaultPort = 80
+        case "https": defaultPort = 443
+        case "tcp": defaultPort = 0
+        default: return nil
+        }
+        let rest = url[schemeEnd.upperBound...]
+        let slash = rest.firstIndex(of: "/") ?? rest.endIndex
+        var authority = String(rest[..<slash])
+        path = slash == rest.endIndex ? "/" : String(rest[slash...])
+        var port = defaultPort
+        if let colon = authority.lastIndex(of: ":"), !authority.hasSuffix("]"), let parsed = UInt16(authority[authority.index(after: colon)...]) {
+            port = parsed
+            authority = String(authority[..<colon])
+        }
+        if authority.hasPrefix("[") && authority.hasSuffix("]") { authority = String(authority.dropFirst().dropLast()) }
+        guard !authority.isEmpty, port != 0 else { return nil }
+        host = authority
+        self.port = port
     }
 }
 
