@@ -20,8 +20,9 @@ public enum AddressSafety {
     /// The class of an internal address, or nil for a global unicast one; `own` are Tollgate's
     /// own addresses (connecting there would loop).
     public static func internalClass(_ ip: IPAddress, own: Set<IPAddress> = []) -> String? {
-        if own.contains(ip) { return "tollgate" }
-        for (block, name) in ip.isV4 ? v4Classes : v6Classes where block.contains(ip) { return name }
-        return nil
+        let builtIn = (ip.isV4 ? v4Classes : v6Classes).first { $0.0.contains(ip) }?.1
+        // Loopback and unspecified say more than "ours"; any other own address is a loop.
+        if builtIn != "loopback" && builtIn != "unspecified" && own.contains(ip) { return "tollgate" }
+        return builtIn
     }
 }

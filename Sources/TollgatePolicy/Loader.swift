@@ -76,6 +76,8 @@ public enum RuleLoader {
             if let rule { source.rules.append(rule) }
         }
         source.warnings = Shadowing.warnings(for: source.rules)
+        // Operators fix files top to bottom: report in file, line, column order.
+        source.errors.sort { ($0.file, $0.line, $0.column) < ($1.file, $1.line, $1.column) }
         return source
     }
 

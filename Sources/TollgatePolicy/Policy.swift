@@ -17,11 +17,15 @@ public struct Decision: Sendable, Equatable {
     public let ruleIndex: Int?
     /// Machine-readable: `rule`, `default_deny`, `unknown_agent`, `internal_address`, ...
     public let reason: String
+    /// The rule matched the host by name (not by address): the name is only as good as its
+    /// binding to the destination, which the caller must check when nothing else proves it.
+    public let matchedByName: Bool
 
-    public init(verdict: Verdict, ruleIndex: Int?, reason: String) {
+    public init(verdict: Verdict, ruleIndex: Int?, reason: String, matchedByName: Bool = false) {
         self.verdict = verdict
         self.ruleIndex = ruleIndex
         self.reason = reason
+        self.matchedByName = matchedByName
     }
 
     public var allowsTraffic: Bool { verdict != .deny }
@@ -135,7 +139,7 @@ public final class Policy: Sendable {
             // Raw TCP is allowed only by a rule naming its address; request rules cannot decide it.
             rawTCP ? hostMatchedByAddress && !rule.hasRequestMatchers : true
         }
-        guard let index = found else { return Decision(verdict: .deny, ruleIndex: nil, reason: "default_deny") }
+        guard let (index, _) = found else { return Decision(verdict: .deny, ruleIndex: nil, reason: "default_deny") }
         let rule = rules[index]
         let decision: Decision
         if rule.mode == .report {
@@ -167,7 +171,7 @@ public final class Policy: Sendable {
         guard let agent else { return Decision(verdict: .deny, ruleIndex: nil, reason: "unknown_agent") }
         var pathOnly = Substring(path)
         if let query = pathOnly.firstIndex(where: { $0 == "?" || $0 == "#" }) { pathOnly = pathOnly[..<query] }
-        func search(_ bytes: UnsafeBufferPointer<UInt8>) -> Int? {
+        func search(_ bytes: UnsafeBufferPointer<UInt8>) -> (index: Int, byName: Bool)? {
             firstRule(agent: agent, host: host, ip: ip, port: port) { rule, _ in
                 if let methods = rule.methods, !methods.contains(method) { return false }
                 if let paths = rule.paths, !paths.contains(where: { $0.matches(bytes) }) { return false }
@@ -175,12 +179,14 @@ public final class Policy: Sendable {
             }
         }
         let found = pathOnly.utf8.withContiguousStorageIfAvailable(search) ?? Array(pathOnly.utf8).withUnsafeBufferPointer(search)
-        guard let index = found else { return Decision(verdict: .deny, ruleIndex: nil, reason: "default_deny") }
+        guard let (index, byName) = found else { return Decision(verdict: .deny, ruleIndex: nil, reason: "default_deny") }
         let rule = rules[index]
         if rule.mode == .report {
-            return addressSafety(Decision(verdict: .report, ruleIndex: index, reason: "report:\(rule.action.rawValue)"), agent: agent, ip: ip, port: port)
+            return addressSafety(Decision(verdict: .report, ruleIndex: index, reason: "report:\(rule.action.rawValue)", matchedByName: byName),
+                                 agent: agent, ip: ip, port: port)
         }
-        return addressSafety(Decision(verdict: rule.action == .deny ? .deny : .allow, ruleIndex: index, reason: "rule"), agent: agent, ip: ip, port: port)
+        return addressSafety(Decision(verdict: rule.action == .deny ? .deny : .allow, ruleIndex: index, reason: "rule", matchedByName: byName),
+                             agent: agent, ip: ip, port: port)
     }
 
     /// Address safety: nil for a global address; else its class and whether a rule naming it
@@ -202,29 +208,34 @@ public final class Policy: Sendable {
 
     /// The lowest-numbered rule that applies to the agent, port and host (or address) and passes
     /// `accept`; `accept` learns whether the host matched through an address pattern.
-    private func firstRule(agent: Int, host: String?, ip: IPAddress, port: UInt16, accept: (Rule, Bool) -> Bool) -> Int? {
+    private func firstRule(agent: Int, host: String?, ip: IPAddress, port: UInt16, accept: (Rule, Bool) -> Bool) -> (index: Int, byName: Bool)? {
         var best = Int32.max
-        func scan(_ list: [Int32]?, byAddress: Bool = false) {
+        var bestByName = false
+        func scan(_ list: [Int32]?, byAddress: Bool = false, byName: Bool = false) {
             guard let list else { return }
             for id in list {
                 if id >= best { return }
                 let rule = rules[Int(id)]
                 guard appliesTo(Int(id), agent: agent), rule.ports.map({ $0.contains(port) }) ?? true else { continue }
                 guard hostMatches(rule, host: host, ip: ip, byAddress: byAddress) else { continue }
-                if accept(rule, byAddress) { best = id; return }
+                if accept(rule, byAddress) {
+                    best = id
+                    bestByName = byName
+                    return
+                }
             }
         }
         if let host {
             var utf8 = host.utf8[...]
-            scan(exactHosts[hostHash(utf8)])
+            scan(exactHosts[hostHash(utf8)], byName: true)
             while let dot = utf8.dropFirst().firstIndex(of: UInt8(ascii: ".")) {
                 utf8 = utf8[dot...]
-                scan(hostSuffixes[hostHash(utf8)])
+                scan(hostSuffixes[hostHash(utf8)], byName: true)
             }
         }
         scan(networkRules, byAddress: true)
         scan(anyHostRules)
-        return best == Int32.max ? nil : Int(best)
+        return best == Int32.max ? nil : (Int(best), bestByName)
     }
 
     private func hostMatches(_ rule: Rule, host: String?, ip: IPAddress, byAddress: Bool) -> Bool {

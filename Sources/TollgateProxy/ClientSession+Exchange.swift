@@ -1,5 +1,6 @@
 import TollgateHTTP
 import TollgateIO
+import TollgatePolicy
 import TollgateTLS
 
 /// The state of one HTTP request/response exchange.
@@ -112,9 +113,26 @@ extension ClientSession {
 
     /// Decides on the exact address that will be dialled (no second lookup), then dials it.
     private func admitThenAttach(_ destination: SocketAddress) {
-        guard let exchange else { return }
-        if admitRequest(host: exchange.target.host, ip: destination.ip, port: destination.port) {
-            attachUpstream(destination)
+        guard let exchange, let decision = admitRequest(host: exchange.target.host, ip: destination.ip, port: destination.port) else { return }
+        // Plain HTTP allowed by a host *name* proves nothing about the address it goes to (the
+        // Host header is the agent's word): the name must resolve to the original destination.
+        // Intercepted TLS is bound by the upstream certificate, the explicit proxy dials what it resolved.
+        if decision.matchedByName && decision.verdict != .deny && kind == .transparent && !isIntercepted
+            && IPAddress(parsing: exchange.target.host) == nil {
+            return verifyNameThenAttach(exchange.target.host, destination, decision)
+        }
+        attachUpstream(destination)
+    }
+
+    private func verifyNameThenAttach(_ host: String, _ destination: SocketAddress, _ decision: Decision) {
+        lookUp(host, waitingIn: .resolving) { session, addresses in
+            if addresses.contains(destination.ip) { return session.attachUpstream(destination) }
+            let denial = Decision(verdict: .deny, ruleIndex: decision.ruleIndex, reason: "host_mismatch")
+            if var exchange = session.exchange {
+                session.apply(denial, to: &exchange.record)
+                session.exchange = exchange
+            }
+            session.respondDenied(denial)
         }
     }
 
@@ -128,18 +146,8 @@ extension ClientSession {
     // MARK: Upstream
 
     private func resolveAndAttach(host: String, port: UInt16) {
-        if let cached = worker.dnsCache.lookup(host, now: worker.loop.now) {
-            return attachResolved(host: host, port: port, addresses: cached)
-        }
-        phase = .resolving
-        timer.arm(after: settings.timeouts.connect)
-        let loopBound = UncheckedSendable(self)
-        worker.resolver.resolve(host, on: worker.loop) { addresses in
-            let session = loopBound.value
-            session.worker.dnsCache.store(host, addresses, now: session.worker.loop.now)
-            guard session.phase == .resolving else { return }
+        lookUp(host, waitingIn: .resolving) { session, addresses in
             session.attachResolved(host: host, port: port, addresses: addresses)
-            session.settle()
         }
     }
 

@@ -19,9 +19,9 @@ extension ClientSession {
         decision.ruleIndex.map { policy.rules[$0].name } ?? decision.reason
     }
 
-    /// Request-level decision (connection-level denial first); answers 403 and returns false when denied.
-    func admitRequest(host: String, ip: IPAddress, port: UInt16) -> Bool {
-        guard var exchange else { return false }
+    /// Request-level decision (connection-level denial first); answers 403 and returns nil when denied.
+    func admitRequest(host: String, ip: IPAddress, port: UInt16) -> Decision? {
+        guard var exchange else { return nil }
         let decision: Decision
         if let pendingDenial {
             decision = pendingDenial
@@ -33,9 +33,9 @@ extension ClientSession {
         }
         apply(decision, to: &exchange.record)
         self.exchange = exchange
-        if decision.allowsTraffic { return true }
+        if decision.allowsTraffic { return decision }
         respondDenied(decision)
-        return false
+        return nil
     }
 
     /// 403 with a body and header an agent can act on.
@@ -46,6 +46,7 @@ extension ClientSession {
         case "unknown_agent": message = "source \(source.ip) is not a known agent"
         case "default_deny": message = "no rule allows this request"
         case "sni_mismatch": message = "the destination address is not one the TLS server name resolves to"
+        case "host_mismatch": message = "the destination address is not one the Host name resolves to"
         case let reason where reason.hasPrefix("internal_address"):
             message = "destination is an internal address (\(reason.dropFirst("internal_address:".count))); a rule must name it with allow_internal: true"
         default: message = "denied by rule '\(label)'"
@@ -73,18 +74,8 @@ extension ClientSession {
     /// Splicing trusts the SNI only if the destination is one of its addresses (else SNI spoofing
     /// walks through): resolve off the loop, then relay or deny as `sni_mismatch`.
     func verifySpliceThenRelay(serverName: String, decision: Decision) {
-        if let cached = worker.dnsCache.lookup(serverName, now: worker.loop.now) {
-            return finishSpliceCheck(addresses: cached, decision: decision)
-        }
-        phase = .verifyingSplice
-        timer.arm(after: settings.timeouts.connect)
-        let bound = UncheckedSendable(self)
-        worker.resolver.resolve(serverName, on: worker.loop) { addresses in
-            let session = bound.value
-            session.worker.dnsCache.store(serverName, addresses, now: session.worker.loop.now)
-            guard session.phase == .verifyingSplice else { return }
+        lookUp(serverName, waitingIn: .verifyingSplice) { session, addresses in
             session.finishSpliceCheck(addresses: addresses, decision: decision)
-            session.settle()
         }
     }
 

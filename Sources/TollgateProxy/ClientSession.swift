@@ -89,6 +89,22 @@ final class ClientSession: ConnectionDelegate, TimerTarget {
         close()
     }
 
+    /// Resolves `host` through the loop's cache or, off the loop, the resolver pool. The
+    /// continuation runs on this loop (at once when cached) unless the session moved on meanwhile.
+    func lookUp(_ host: String, waitingIn waitPhase: Phase, _ continuation: @escaping (ClientSession, [IPAddress]) -> Void) {
+        if let cached = worker.dnsCache.lookup(host, now: worker.loop.now) { return continuation(self, cached) }
+        phase = waitPhase
+        timer.arm(after: settings.timeouts.connect)
+        let boundSession = UncheckedSendable(self), boundContinuation = UncheckedSendable(continuation)
+        worker.resolver.resolve(host, on: worker.loop) { addresses in
+            let session = boundSession.value, continuation = boundContinuation.value
+            session.worker.dnsCache.store(host, addresses, now: session.worker.loop.now)
+            guard session.phase == waitPhase else { return }
+            continuation(session, addresses)
+            session.settle()
+        }
+    }
+
     func newRecord(action: FlowRecord.Action, networkProtocol: String) -> FlowRecord {
         var record = FlowRecord(start: wallClockMilliseconds(), action: action, source: source,
                                 networkProtocol: networkProtocol, agent: agent, mode: modeName)

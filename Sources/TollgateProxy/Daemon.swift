@@ -50,18 +50,16 @@ public final class Daemon {
     public func run() throws(StartError) {
         let tls = try makeTLSEngine()
         let ownAddresses = Set(config.transparent + config.explicit + (config.admin.map { [$0] } ?? []))
+        let fallback = config.agents.map { agent in
+            Agent(name: agent.name, sources: agent.sources, groups: [], dailyBudgetUSD: nil,
+                  location: SourceLocation(file: "config", line: 1, column: 1))
+        }
         let rules: RuleStore
         do {
-            let fallback = config.agents.map { agent in
-                Agent(name: agent.name, sources: agent.sources, groups: [], dailyBudgetUSD: nil,
-                      location: SourceLocation(file: "config", line: 1, column: 1))
-            }
             rules = try RuleStore(directory: config.rulesDirectory, fallbackAgents: fallback,
                                   ownAddresses: Set(ownAddresses.map(\.ip) + localInterfaceAddresses()))
-        } catch let error as ConfigErrors {
-            throw .rules(error)
         } catch {
-            preconditionFailure("RuleStore.init throws only ConfigErrors")
+            throw .rules(error)
         }
         if config.rulesDirectory == nil {
             Log.warning("no `rules` directory configured: every flow is allowed (and recorded)")
