@@ -153,11 +153,11 @@ let ip = IPAddress(parsing: "203.0.113.10")!
             """)])
         let messages = source.errors.map(\.description)
         #expect(messages == [
-            "rules/50-bad.yaml:7:5: unknown key 'colour' in rule (expected one of: action, agents, allow_internal, hosts, methods, mode, name, paths, ports)",
             "rules/50-bad.yaml:3:14: unknown agent or group 'nobody'",
             "rules/50-bad.yaml:4:13: bad host 'git*hub.com': wildcards are only allowed as a leading '*.'",
             "rules/50-bad.yaml:4:28: bad host '10.0.0.0/33': not a valid CIDR",
             "rules/50-bad.yaml:5:13: bad port '0': expected 1-65535",
+            "rules/50-bad.yaml:7:5: unknown key 'colour' in rule (expected one of: action, agents, allow_internal, hosts, methods, mode, name, paths, ports)",
             "rules/50-bad.yaml:8:5: duplicate rule name 'a' (first defined at rules/50-bad.yaml:2:5)",
             "rules/50-bad.yaml:15:13: rule 'b': splice happens before interception, so it cannot have methods or paths",
             "rules/50-bad.yaml:18:13: bad action 'maybe': expected allow, deny or splice",
