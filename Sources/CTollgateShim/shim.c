@@ -10,6 +10,7 @@
 #include <sys/eventfd.h>
 #include <sys/signalfd.h>
 #include <pthread.h>
+#include <malloc.h>
 
 // linux/netfilter_ipv4.h and linux/netfilter_ipv6/ip6_tables.h clash with netinet/in.h.
 #define TG_SO_ORIGINAL_DST 80
@@ -101,3 +102,8 @@ int tg_read_signal(int sfd) {
 void tg_set_thread_name(const char *name) { pthread_setname_np(pthread_self(), name); }
 
 int tg_semaphore_eventfd(void) { return eventfd(0, EFD_SEMAPHORE | EFD_CLOEXEC); }
+
+void tg_keep_freed_memory(void) {
+    mallopt(M_TRIM_THRESHOLD, 256 << 20);
+    mallopt(M_MMAP_THRESHOLD, 4 << 20);
+}

@@ -14,6 +14,8 @@ public struct Limits: Sendable {
     public var bufferHighWater = 256 * 1024
     /// Queued output below which reading resumes.
     public var bufferLowWater = 64 * 1024
+    /// Idle keep-alive connections kept per upstream (per loop); enough for the agents' concurrency.
+    public var upstreamIdlePerDestination = 256
     public init() {}
 }
 
@@ -158,6 +160,7 @@ public struct Config: Sendable {
         let keys: [String: WritableKeyPath<Limits, Int>] = [
             "request_line_bytes": \.requestLineBytes, "header_bytes": \.headerBytes, "header_count": \.headerCount,
             "body_bytes": \.bodyBytes, "buffer_high_water": \.bufferHighWater, "buffer_low_water": \.bufferLowWater,
+            "upstream_idle_per_destination": \.upstreamIdlePerDestination,
         ]
         for (key, item) in value.mapping(allowed: Set(keys.keys), errors: &errors, context: "limits") {
             let minimum = key == "body_bytes" ? 0 : 16

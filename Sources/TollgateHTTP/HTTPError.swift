@@ -34,7 +34,17 @@ public enum HTTPError: Error, Equatable, Sendable {
         }
     }
 
-    /// A stable machine-readable name, used in error bodies and flow records.
+    /// The error type an agent reads in Tollgate's JSON error body, by status.
+    public var errorType: String {
+        switch status {
+        case 414: return "uri_too_long"
+        case 431: return "header_too_large"
+        case 505: return "http_version_not_supported"
+        default: return "bad_request"
+        }
+    }
+
+    /// A stable machine-readable name of the exact defect, used in messages and flow records.
     public var reason: String {
         switch self {
         case .badRequestLine: return "bad_request_line"

@@ -49,7 +49,8 @@ public final class EventLoop: @unchecked Sendable {  // loop-confined state; `ta
     private let wakeFD: CInt
     private var slots: [Slot] = []
     private var freeSlots: [UInt32] = []
-    private var timers = TimerHeap()
+    /// Armed timers; loop-confined like everything else here.
+    var timers = TimerHeap()
     private let tasks = Mutex<[@Sendable () -> Void]>([])
     private let stopping = Atomic<Bool>(false)
     /// Monotonic nanoseconds, refreshed once per loop iteration.
@@ -121,11 +122,6 @@ public final class EventLoop: @unchecked Sendable {  // loop-confined state; `ta
         if interest.contains(.write) { mask |= UInt32(TG_EPOLLOUT) }
         return mask
     }
-
-    // MARK: Timers
-
-    /// Arms `timer` for its current deadline; see `Timer`.
-    func enqueue(_ timer: Timer, at deadline: UInt64) { timers.push(deadline, timer) }
 
     // MARK: Cross-thread work
 
@@ -200,9 +196,7 @@ public final class EventLoop: @unchecked Sendable {  // loop-confined state; `ta
     }
 
     private func fireTimers() {
-        while let (deadline, timer) = timers.popDue(now: now) {
-            timer.heapEntryFired(at: deadline, now: now)
-        }
+        while let timer = timers.popDue(now: now) { timer.fire() }
     }
 }
 

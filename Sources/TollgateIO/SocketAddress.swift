@@ -112,6 +112,12 @@ public struct IPAddress: Hashable, Sendable, CustomStringConvertible {
             + (0..<8).map { UInt8(truncatingIfNeeded: low >> (56 - 8 * UInt64($0))) }
     }
 
+    /// The four octets of an IPv4 address, without allocating.
+    public func withV4Octets<R>(_ body: (UInt8, UInt8, UInt8, UInt8) -> R) -> R {
+        body(UInt8(truncatingIfNeeded: low >> 24), UInt8(truncatingIfNeeded: low >> 16),
+             UInt8(truncatingIfNeeded: low >> 8), UInt8(truncatingIfNeeded: low))
+    }
+
     /// The IPv4 address inside an IPv4-mapped IPv6 address (::ffff:a.b.c.d).
     public var unmappedV4: IPAddress? {
         guard !isV4, high == 0, low >> 32 == 0xffff else { return nil }

@@ -3,15 +3,15 @@ public protocol TimerTarget: AnyObject {
     func timerFired(_ timer: Timer)
 }
 
-/// A re-armable deadline owned by a connection. Moving the deadline later costs nothing (the
-/// heap entry fires early and re-queues itself), so per-request re-arming never touches the heap.
+/// A re-armable deadline owned by a connection. A timer sits in its loop's heap at most once,
+/// so re-arming it on every request moves one entry instead of piling up stale ones.
 public final class Timer {
     private unowned let loop: EventLoop
     private weak var target: TimerTarget?
     /// When the target wants to be called; `UInt64.max` means disarmed.
     public private(set) var deadline: UInt64 = .max
-    /// The earliest heap entry still pending for this timer.
-    private var queuedAt: UInt64 = .max
+    /// Position in the loop's heap, or -1.
+    var heapIndex = -1
 
     public init(loop: EventLoop, target: TimerTarget) {
         self.loop = loop
@@ -23,62 +23,84 @@ public final class Timer {
 
     public func arm(at deadline: UInt64) {
         self.deadline = deadline
-        if deadline < queuedAt {
-            queuedAt = deadline
-            loop.enqueue(self, at: deadline)
-        }
+        loop.timers.schedule(self)
     }
 
-    public func cancel() { deadline = .max }
+    public func cancel() {
+        deadline = .max
+        loop.timers.remove(self)
+    }
 
     public var isArmed: Bool { deadline != .max }
 
-    func heapEntryFired(at entry: UInt64, now: UInt64) {
-        if entry == queuedAt { queuedAt = .max }
-        guard deadline != .max else { return }
-        if deadline <= now {
-            deadline = .max
-            target?.timerFired(self)
-        } else if deadline < queuedAt {
-            queuedAt = deadline
-            loop.enqueue(self, at: deadline)
-        }
+    func fire() {
+        deadline = .max
+        target?.timerFired(self)
     }
 }
 
-/// A binary min-heap of (deadline, timer).
+/// A binary min-heap of timers keyed by deadline; each timer knows its own index, so moving or
+/// removing one is O(log n).
 struct TimerHeap {
-    private var items: [(UInt64, Timer)] = []
+    private var items: [Timer] = []
 
-    var nextDeadline: UInt64? { items.first?.0 }
+    var nextDeadline: UInt64? { items.first?.deadline }
+    var count: Int { items.count }
 
-    mutating func push(_ deadline: UInt64, _ timer: Timer) {
-        items.append((deadline, timer))
-        var child = items.count - 1
+    mutating func schedule(_ timer: Timer) {
+        if timer.heapIndex < 0 {
+            timer.heapIndex = items.count
+            items.append(timer)
+        }
+        siftUp(timer.heapIndex)
+        siftDown(timer.heapIndex)
+    }
+
+    mutating func remove(_ timer: Timer) {
+        let index = timer.heapIndex
+        guard index >= 0 else { return }
+        timer.heapIndex = -1
+        let last = items.removeLast()
+        guard index < items.count else { return }
+        items[index] = last
+        last.heapIndex = index
+        siftUp(index)
+        siftDown(last.heapIndex)
+    }
+
+    /// Removes and returns the earliest timer if it is due.
+    mutating func popDue(now: UInt64) -> Timer? {
+        guard let first = items.first, first.deadline <= now else { return nil }
+        remove(first)
+        return first
+    }
+
+    private mutating func siftUp(_ start: Int) {
+        var child = start
         while child > 0 {
             let parent = (child - 1) / 2
-            if items[parent].0 <= items[child].0 { break }
-            items.swapAt(parent, child)
+            if items[parent].deadline <= items[child].deadline { break }
+            swapAt(parent, child)
             child = parent
         }
     }
 
-    mutating func popDue(now: UInt64) -> (UInt64, Timer)? {
-        guard let first = items.first, first.0 <= now else { return nil }
-        let last = items.removeLast()
-        if !items.isEmpty {
-            items[0] = last
-            var parent = 0
-            while true {
-                let left = 2 * parent + 1, right = left + 1
-                var smallest = parent
-                if left < items.count && items[left].0 < items[smallest].0 { smallest = left }
-                if right < items.count && items[right].0 < items[smallest].0 { smallest = right }
-                if smallest == parent { break }
-                items.swapAt(parent, smallest)
-                parent = smallest
-            }
+    private mutating func siftDown(_ start: Int) {
+        var parent = start
+        while true {
+            let left = 2 * parent + 1, right = left + 1
+            var smallest = parent
+            if left < items.count && items[left].deadline < items[smallest].deadline { smallest = left }
+            if right < items.count && items[right].deadline < items[smallest].deadline { smallest = right }
+            if smallest == parent { return }
+            swapAt(parent, smallest)
+            parent = smallest
         }
-        return first
+    }
+
+    private mutating func swapAt(_ a: Int, _ b: Int) {
+        items.swapAt(a, b)
+        items[a].heapIndex = a
+        items[b].heapIndex = b
     }
 }

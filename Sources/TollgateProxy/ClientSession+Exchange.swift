@@ -3,8 +3,9 @@ import TollgateIO
 import TollgatePolicy
 import TollgateTLS
 
-/// The state of one HTTP request/response exchange.
-struct Exchange {
+/// The state of one HTTP request/response exchange: a class, so the session mutates it in
+/// place instead of copying its heads and record on every step.
+final class Exchange {
     var request: RequestHead
     var record: FlowRecord
     var target: RequestTarget
@@ -23,6 +24,18 @@ struct Exchange {
     var upstreamReused = false
     var awaitingResponse = false
     let startNanoseconds: UInt64
+
+    init(request: RequestHead, record: FlowRecord, target: RequestTarget, requestDecoder: BodyDecoder, requestChunked: Bool,
+         requestComplete: Bool, closeClientAfter: Bool, startNanoseconds: UInt64) {
+        self.request = request
+        self.record = record
+        self.target = target
+        self.requestDecoder = requestDecoder
+        self.requestChunked = requestChunked
+        self.requestComplete = requestComplete
+        self.closeClientAfter = closeClientAfter
+        self.startNanoseconds = startNanoseconds
+    }
 }
 
 extension ClientSession {
@@ -46,8 +59,7 @@ extension ClientSession {
             beginExchange(head)
         } catch {
             scanner.reset()
-            respondError(status: error.status, type: error.status == 400 ? "bad_request" : error.reason,
-                         message: "request rejected: \(error.reason)", reason: error.reason)
+            respondError(status: error.status, type: error.errorType, message: "request rejected: \(error.reason)")
         }
     }
 
@@ -83,7 +95,7 @@ extension ClientSession {
         }
         record.urlDomain = target.host
         record.urlPath = head.isConnect ? nil : target.path
-        let authority = target.host.contains(":") ? "[\(target.host)]" : target.host
+        let authority = target.bracketedHost
         let scheme = isIntercepted ? "https" : "http"
         let defaultPort: UInt16 = isIntercepted ? 443 : 80
         record.urlFull = head.isConnect ? "\(authority):\(target.port)"
@@ -128,9 +140,8 @@ extension ClientSession {
         lookUp(host, waitingIn: .resolving) { session, addresses in
             if addresses.contains(destination.ip) { return session.attachUpstream(destination) }
             let denial = Decision(verdict: .deny, ruleIndex: decision.ruleIndex, reason: "host_mismatch")
-            if var exchange = session.exchange {
+            if let exchange = session.exchange {
                 session.apply(denial, to: &exchange.record)
-                session.exchange = exchange
             }
             session.respondDenied(denial)
         }
@@ -170,23 +181,20 @@ extension ClientSession {
     /// Takes a pooled connection to `destination` or dials a new one (TLS when the agent's was
     /// intercepted), then queues the request.
     func attachUpstream(_ destination: SocketAddress) {
-        guard var exchange else { return }
+        guard let exchange else { return }
         upstreamDestination = destination
         exchange.record.destinationIP = destination.ip
         exchange.record.destinationPort = destination.port
         if settings.ownAddresses.contains(destination) {
-            self.exchange = exchange
             return respondError(status: 508, type: "loop_detected", message: "\(destination) is Tollgate itself")
         }
         if !exchange.request.isConnect, let key = poolKey, let pooled = worker.pool.take(key) {
             exchange.upstreamReused = true
-            self.exchange = exchange
             upstream = pooled
             pooled.delegate = self
             upstreamConnected()
             return
         }
-        self.exchange = exchange
         let connection: Connection
         if let ready = preconnected {
             preconnected = nil
@@ -239,8 +247,7 @@ extension ClientSession {
     }
 
     private func hostHeaderValue(_ target: RequestTarget) -> String {
-        let host = target.host.contains(":") ? "[\(target.host)]" : target.host
-        return target.port == 80 ? host : "\(host):\(target.port)"
+        return target.port == 80 ? target.bracketedHost : "\(target.bracketedHost):\(target.port)"
     }
 
     /// Upstream failed before a response could be relayed: answer with a JSON error if we still can.
@@ -267,23 +274,20 @@ extension ClientSession {
 
     /// Moves request body bytes from the client to the upstream, re-framed, within the buffer bound.
     func pumpRequestBody() {
-        guard phase == .exchanging, var exchange, !exchange.requestComplete, let upstream else { return }
-        defer { if self.exchange != nil { self.exchange = exchange } }
+        guard phase == .exchanging, let exchange, !exchange.requestComplete, let upstream else { return }
         let limit = settings.limits.bodyBytes
         while upstream.pendingOutput < settings.limits.bufferHighWater {
             let step: BodyStep
             do {
                 step = try client.inbound.withReadableBytes { (bytes) throws(HTTPError) in try exchange.requestDecoder.next(bytes) }
             } catch {
-                self.exchange = exchange
-                respondError(status: 400, type: "bad_request", message: "request body rejected: \(error.reason)", reason: error.reason)
+                respondError(status: 400, type: "bad_request", message: "request body rejected: \(error.reason)")
                 return
             }
             switch step {
             case .data(let offset, let count, let consumed):
                 exchange.requestBodyBytes += count
                 if limit > 0 && exchange.requestBodyBytes > limit {
-                    self.exchange = exchange
                     respondError(status: 413, type: "body_too_large", message: "request body exceeds the limit of \(limit) bytes")
                     return
                 }
@@ -297,7 +301,6 @@ extension ClientSession {
                 if exchange.requestChunked { upstream.outbound.append("0\r\n\r\n" as StaticString) }
                 exchange.requestComplete = true
                 if !exchange.responseComplete { exchange.awaitingResponse = true; timer.arm(after: settings.timeouts.response) }
-                self.exchange = exchange
                 if exchange.responseComplete { finishExchange() }
                 return
             }
@@ -307,18 +310,17 @@ extension ClientSession {
     /// Parses the response head (relaying 1xx) and moves body bytes to the client, re-framed.
     func pumpResponse() {
         guard phase == .exchanging, let upstream else { return }
-        while var exchange, !exchange.responseComplete {
+        while let exchange, !exchange.responseComplete {
             if exchange.response == nil {
-                guard readResponseHead(&exchange, upstream) else { return }
+                guard readResponseHead(exchange, upstream) else { return }
                 if phase != .exchanging { return }
                 continue
             }
-            if client.pendingOutput >= settings.limits.bufferHighWater { self.exchange = exchange; return }
+            if client.pendingOutput >= settings.limits.bufferHighWater { return }
             let step: BodyStep
             do {
                 step = try upstream.inbound.withReadableBytes { (bytes) throws(HTTPError) in try exchange.responseDecoder.next(bytes) }
             } catch {
-                self.exchange = exchange
                 return abort(reason: "upstream_bad_response", message: "response body rejected: \(error.reason)")
             }
             switch step {
@@ -326,11 +328,9 @@ extension ClientSession {
                 exchange.responseBodyBytes += count
                 forward(from: upstream.inbound, offset: offset, count: count, to: client.outbound, chunked: exchange.responseChunked)
                 upstream.inbound.consume(consumed)
-                self.exchange = exchange
                 timer.arm(after: settings.timeouts.idle)
             case .needMore(let consumed):
                 upstream.inbound.consume(consumed)
-                self.exchange = exchange
                 if upstream.peerClosed {
                     if exchange.response?.framing == .untilClose { return completeResponse() }
                     return abort(reason: "upstream_reset", message: "upstream closed in the middle of the response body")
@@ -338,20 +338,18 @@ extension ClientSession {
                 return
             case .end(let consumed):
                 upstream.inbound.consume(consumed)
-                self.exchange = exchange
                 return completeResponse()
             }
         }
     }
 
     /// Reads one response head; returns false when more bytes are needed or the exchange ended.
-    private func readResponseHead(_ exchange: inout Exchange, _ upstream: Connection) -> Bool {
+    private func readResponseHead(_ exchange: Exchange, _ upstream: Connection) -> Bool {
         let limits = settings.headLimits
         let isHead = exchange.request.isHead
         do {
             let found = try upstream.inbound.withReadableBytes { (bytes) throws(HTTPError) in try exchange.responseScanner.scan(bytes, limits: limits, isRequest: false) }
             guard let length = found else {
-                self.exchange = exchange
                 if upstream.peerClosed { retryOrFail(exchange) }
                 return false
             }
@@ -361,13 +359,11 @@ extension ClientSession {
                 exchange.response = head
                 exchange.record.statusCode = 101
                 exchange.record.networkProtocol = "websocket"
-                self.exchange = exchange
                 writeResponseHead(head, framing: .none, close: false, upgrade: true)
                 return switchToUpgradedTunnel()
             }
             if head.isInformational {
                 writeResponseHead(head, framing: .none, close: false, upgrade: false)
-                self.exchange = exchange
                 return true
             }
             var framing = head.framing
@@ -383,12 +379,10 @@ extension ClientSession {
             exchange.responseHeadSent = true
             exchange.awaitingResponse = false
             exchange.record.statusCode = head.status
-            self.exchange = exchange
             writeResponseHead(head, framing: framing, close: exchange.closeClientAfter, upgrade: false)
             timer.arm(after: settings.timeouts.idle)
             return true
         } catch {
-            self.exchange = exchange
             upstreamFailed(type: "upstream_bad_response", message: "upstream response rejected: \(error.reason)", status: 502)
             return false
         }
@@ -422,10 +416,9 @@ extension ClientSession {
     }
 
     private func completeResponse() {
-        guard var exchange else { return }
+        guard let exchange else { return }
         if exchange.responseChunked { client.outbound.append("0\r\n\r\n" as StaticString) }
         exchange.responseComplete = true
-        self.exchange = exchange
         if exchange.requestComplete { finishExchange() } else {
             // The server answered before the body was sent (an early 413, say): this connection
             // cannot be reused and the client's remaining body has nowhere to go.
@@ -435,7 +428,7 @@ extension ClientSession {
 
     /// Records the exchange, parks or closes the upstream, and reads the next request or closes.
     func finishExchange() {
-        guard var exchange else { return }
+        guard let exchange else { return }
         self.exchange = nil
         finishRecord(&exchange.record, exchange)
         worker.record(exchange.record)
@@ -471,7 +464,7 @@ extension ClientSession {
     // MARK: Errors
 
     /// Answers with Tollgate's own JSON error and closes the client after it.
-    func respondError(status: Int, type: String, message: String, reason: String? = nil,
+    func respondError(status: Int, type: String, message: String,
                       extraFields: [(String, String)] = [], headers: [(String, String)] = []) {
         if let exchange, exchange.responseHeadSent { return abort(reason: type, message: message) }
         upstream?.close()

@@ -21,7 +21,7 @@ extension ClientSession {
 
     /// Request-level decision (connection-level denial first); answers 403 and returns nil when denied.
     func admitRequest(host: String, ip: IPAddress, port: UInt16) -> Decision? {
-        guard var exchange else { return nil }
+        guard let exchange else { return nil }
         let decision: Decision
         if let pendingDenial {
             decision = pendingDenial
@@ -32,7 +32,6 @@ extension ClientSession {
                                               method: exchange.request.method, path: exchange.target.path)
         }
         apply(decision, to: &exchange.record)
-        self.exchange = exchange
         if decision.allowsTraffic { return decision }
         respondDenied(decision)
         return nil

@@ -46,7 +46,7 @@ extension ClientSession {
     /// CONNECT reached its target: tell the client, then treat what flows inside like redirected
     /// traffic to that target — sniffed, and HTTP or TLS handled as such (TLS intercepted or spliced).
     func openConnectTunnel() {
-        guard var exchange, let upstream else { return }
+        guard let exchange, let upstream else { return }
         exchange.record.statusCode = 200
         client.outbound.append("HTTP/1.1 200 Connection Established\r\nVia: 1.1 tollgate\r\n\r\n" as StaticString)
         finishRecord(&exchange.record, exchange)
@@ -62,7 +62,7 @@ extension ClientSession {
 
     /// The upstream switched protocols (101): record the exchange, then relay both ways.
     func switchToUpgradedTunnel() -> Bool {
-        guard var exchange else { return false }
+        guard let exchange else { return false }
         finishRecord(&exchange.record, exchange)
         worker.record(exchange.record)
         self.exchange = nil

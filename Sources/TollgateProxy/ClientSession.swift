@@ -108,6 +108,8 @@ final class ClientSession: ConnectionDelegate, TimerTarget {
     func newRecord(action: FlowRecord.Action, networkProtocol: String) -> FlowRecord {
         var record = FlowRecord(start: wallClockMilliseconds(), action: action, source: source,
                                 networkProtocol: networkProtocol, agent: agent, mode: modeName)
+        record.destinationIP = originalDestination?.ip
+        record.destinationPort = originalDestination?.port
         if let tlsInfo {
             record.tlsHandling = tlsInfo.handling.rawValue
             record.tlsServerName = tlsInfo.serverName

@@ -48,6 +48,9 @@ public final class Daemon {
 
     /// Binds every listener (failing fast if one cannot be bound), then serves. Returns after a drain.
     public func run() throws(StartError) {
+        // Connection buffers come and go with every exchange; keep freed memory in the process
+        // instead of trimming it back to the kernel each time (madvise and page faults per request).
+        tg_keep_freed_memory()
         let tls = try makeTLSEngine()
         let ownAddresses = Set(config.transparent + config.explicit + (config.admin.map { [$0] } ?? []))
         let fallback = config.agents.map { agent in

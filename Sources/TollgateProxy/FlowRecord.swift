@@ -72,13 +72,13 @@ public struct FlowRecord {
             w.field("reason", reason)
         }
         out.object("source") { w in
-            w.field("ip", sourceIP.description)
+            w.field("ip", sourceIP)
             w.field("port", Int(sourcePort))
             w.field("bytes", sourceBytes)
         }
         if destinationIP != nil || destinationDomain != nil {
             out.object("destination") { w in
-                w.field("ip", destinationIP?.description)
+                w.field("ip", destinationIP)
                 w.field("port", destinationPort.map(Int.init))
                 w.field("domain", destinationDomain)
                 w.field("bytes", destinationBytes)

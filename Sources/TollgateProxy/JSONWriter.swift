@@ -1,3 +1,5 @@
+import TollgateIO
+
 /// Writes JSON straight into bytes: no Foundation coders on the per-request path.
 public struct JSONWriter {
     public private(set) var bytes: [UInt8] = []
@@ -46,6 +48,25 @@ public struct JSONWriter {
         needsComma = true
     }
 
+    /// An IP address as a string field, written without building a String for IPv4.
+    public mutating func field(_ name: String, _ ip: IPAddress?) {
+        guard let ip else { return }
+        key(name)
+        if ip.isV4 {
+            bytes.append(UInt8(ascii: "\""))
+            ip.withV4Octets { a, b, c, d in
+                integer(Int(a)); bytes.append(UInt8(ascii: "."))
+                integer(Int(b)); bytes.append(UInt8(ascii: "."))
+                integer(Int(c)); bytes.append(UInt8(ascii: "."))
+                integer(Int(d))
+            }
+            bytes.append(UInt8(ascii: "\""))
+        } else {
+            string(ip.description)
+        }
+        needsComma = true
+    }
+
     /// An ISO 8601 UTC timestamp with milliseconds, from Unix milliseconds.
     public mutating func timestamp(milliseconds: Int64) {
         let days = Int(milliseconds / 86_400_000)
@@ -64,6 +85,19 @@ public struct JSONWriter {
 
     public mutating func string(_ value: String) {
         bytes.append(UInt8(ascii: "\""))
+        // Most values need no escaping: append them in one go.
+        var value = value
+        let clean = value.withUTF8 { utf8 in
+            for byte in utf8 where byte < 0x20 || byte == UInt8(ascii: "\"") || byte == UInt8(ascii: "\\") || byte == 0x7F {
+                return false
+            }
+            bytes.append(contentsOf: utf8)
+            return true
+        }
+        if clean {
+            bytes.append(UInt8(ascii: "\""))
+            return
+        }
         for byte in value.utf8 {
             switch byte {
             case UInt8(ascii: "\""): appendASCII("\\\"")

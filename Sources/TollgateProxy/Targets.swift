@@ -6,6 +6,9 @@ struct RequestTarget: Equatable {
     var port: UInt16
     var path: String
 
+    /// The host as written in a URL or Host header: IPv6 literals in brackets.
+    var bracketedHost: String { host.utf8.contains(UInt8(ascii: ":")) ? "[\(host)]" : host }
+
     /// `http://host[:port]/path` (absolute-form, RFC 9112 §3.2.2); only the http scheme.
     static func parseAbsolute(_ target: String) -> RequestTarget? {
         let lower = target.utf8.prefix(7).map { $0 | 0x20 }
@@ -20,7 +23,7 @@ struct RequestTarget: Equatable {
 
     /// `host:port` or `[v6]:port` (CONNECT's authority-form), or a Host header value.
     static func parseAuthority(_ authority: String, defaultPort: UInt16?) -> (String, UInt16)? {
-        guard !authority.isEmpty, !authority.contains("@") else { return nil }
+        guard !authority.isEmpty, !authority.utf8.contains(UInt8(ascii: "@")) else { return nil }
         var host = Substring(authority)
         var port = defaultPort
         if host.hasPrefix("[") {

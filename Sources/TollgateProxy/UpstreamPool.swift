@@ -15,7 +15,7 @@ final class UpstreamPool {
     private let maxPerDestination: Int
     private let idleTimeout: UInt64
 
-    init(maxPerDestination: Int = 32, idleTimeout: UInt64) {
+    init(maxPerDestination: Int, idleTimeout: UInt64) {
         self.maxPerDestination = maxPerDestination
         self.idleTimeout = idleTimeout
     }
@@ -23,7 +23,7 @@ final class UpstreamPool {
     /// The most recently parked live connection to `destination`, if any.
     func take(_ destination: PoolKey) -> Connection? {
         while let entry = idle[destination]?.popLast() {
-            entry.timer?.cancel()
+            entry.timer.cancel()
             if !entry.connection.isClosed { return entry.connection }
         }
         return nil
@@ -31,28 +31,33 @@ final class UpstreamPool {
 
     /// Parks a connection whose last response was read completely.
     func put(_ connection: Connection, destination: PoolKey, loop: EventLoop) {
-        var list = idle[destination, default: []]
-        if list.count >= maxPerDestination {
-            list.removeFirst().connection.close()
-        }
-        let entry = PooledConnection(connection: connection, destination: destination, pool: self)
-        let timer = Timer(loop: loop, target: entry)
-        timer.arm(after: idleTimeout)
-        entry.timer = timer
+        let entry = PooledConnection(connection: connection, destination: destination, pool: self, loop: loop)
+        entry.timer.arm(after: idleTimeout)
         connection.delegate = entry
         connection.wantsRead = true
-        list.append(entry)
-        idle[destination] = list
+        // Mutated in place: copying the list out and back would copy it on every park.
+        idle[destination, default: []].append(entry)
+        if idle[destination]!.count > maxPerDestination {
+            let oldest = idle[destination]!.removeFirst()
+            oldest.timer.cancel()
+            oldest.connection.close()
+        }
     }
 
     fileprivate func discard(_ entry: PooledConnection) {
+        entry.timer.cancel()
         entry.connection.close()
         idle[entry.destination]?.removeAll { $0 === entry }
         if idle[entry.destination]?.isEmpty == true { idle[entry.destination] = nil }
     }
 
     func closeAll() {
-        for list in idle.values { for entry in list { entry.connection.close() } }
+        for list in idle.values {
+            for entry in list {
+                entry.timer.cancel()
+                entry.connection.close()
+            }
+        }
         idle.removeAll()
     }
 }
@@ -62,12 +67,13 @@ private final class PooledConnection: ConnectionDelegate, TimerTarget {
     let connection: Connection
     let destination: PoolKey
     unowned let pool: UpstreamPool
-    var timer: Timer?
+    private(set) var timer: Timer!
 
-    init(connection: Connection, destination: PoolKey, pool: UpstreamPool) {
+    init(connection: Connection, destination: PoolKey, pool: UpstreamPool, loop: EventLoop) {
         self.connection = connection
         self.destination = destination
         self.pool = pool
+        timer = Timer(loop: loop, target: self)
     }
 
     func connectionReadable(_ connection: Connection) { pool.discard(self) }

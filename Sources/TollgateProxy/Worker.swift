@@ -53,7 +53,7 @@ final class Worker: TimerTarget, @unchecked Sendable {  // confined to `loop`'s 
         self.settings = settings
         self.flowLog = flowLog
         self.resolver = resolver
-        pool = UpstreamPool(idleTimeout: settings.timeouts.upstreamIdle)
+        pool = UpstreamPool(maxPerDestination: settings.limits.upstreamIdlePerDestination, idleTimeout: settings.timeouts.upstreamIdle)
         scratch.reserveCapacity(4096)
     }
 

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from helpers import curl, field
-from tlsfixtures import TLSWorld
 from testbed import EXPLICIT_PORT, GATEWAY_WORKER_IP, HERE, ORIGIN_IP, tollgate_binary, wait_until, WORKER2_IP
 
 PROXY = f"http://{GATEWAY_WORKER_IP}:{EXPLICIT_PORT}"
@@ -58,11 +57,6 @@ rules:
     action: allow
     allow_internal: true
 """
-
-
-@pytest.fixture(scope="module")
-def world(testbed, origin):
-    return TLSWorld(testbed)
 
 
 @pytest.fixture(scope="module")

@@ -7,15 +7,9 @@ import subprocess
 import pytest
 
 from helpers import field
-from tlsfixtures import TLSWorld
 from testbed import tollgate_binary, WORKER_IP
 
 BODY_1K = bytes(range(256)) * 4
-
-
-@pytest.fixture(scope="module")
-def world(testbed, origin):
-    return TLSWorld(testbed)
 
 
 @pytest.fixture

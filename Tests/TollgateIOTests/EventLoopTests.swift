@@ -41,17 +41,22 @@ private final class Recorder: TimerTarget {
         #expect(count.load(ordering: .relaxed) == 100)
     }
 
-    @Test func timerHeapPopsInOrder() {
-        var heap = TimerHeap()
+    @Test func timerHeapPopsInOrderAndMovesRearmedTimers() throws {
         final class T: TimerTarget { func timerFired(_ timer: Timer) {} }
-        let loop = try! EventLoop(index: 0)
+        let loop = try EventLoop(index: 0)
         let target = T()
-        let deadlines: [UInt64] = [50, 10, 40, 30, 20, 60, 5]
-        for d in deadlines { heap.push(d, Timer(loop: loop, target: target)) }
+        let timers = [50, 10, 40, 30, 20, 60, 5].map { deadline -> Timer in
+            let timer = Timer(loop: loop, target: target)
+            timer.arm(at: UInt64(deadline))
+            return timer
+        }
+        timers[1].arm(at: 45)  // 10 -> 45: moved, not duplicated
+        timers[3].cancel()     // 30 removed
+        #expect(loop.timers.count == 6)
         var popped: [UInt64] = []
-        while let (d, _) = heap.popDue(now: 45) { popped.append(d) }
-        #expect(popped == [5, 10, 20, 30, 40])
-        #expect(heap.nextDeadline == 50)
+        while let timer = loop.timers.popDue(now: 46) { popped.append(timer.deadline) }
+        #expect(popped == [5, 20, 40, 45])
+        #expect(loop.timers.nextDeadline == 50)
     }
 }
 

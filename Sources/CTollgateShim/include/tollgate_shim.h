@@ -59,4 +59,8 @@ void tg_set_thread_name(const char *name);
 /// A blocking eventfd in semaphore mode: each read takes one unit (resolver worker threads wait on it).
 int tg_semaphore_eventfd(void);
 
+/// mallopt: raise the trim and mmap thresholds so buffers freed after each exchange are reused
+/// instead of being returned to the kernel (malloc.h is not part of Swift's Glibc module).
+void tg_keep_freed_memory(void);
+
 #endif
