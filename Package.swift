@@ -16,7 +16,7 @@ let package = Package(
     ],
     targets: [
         // The only place C headers and macros are touched: epoll, eventfd, SO_ORIGINAL_DST, and OpenSSL.
-        .target(name: "CTollgateShim", linkerSettings: [.linkedLibrary("ssl"), .linkedLibrary("crypto")]),
+        .target(name: "CTollgateShim", linkerSettings: [.linkedLibrary("ssl"), .linkedLibrary("crypto"), .linkedLibrary("z")]),
         // The event loop, sockets, timers and the resolver pool: everything that talks to the kernel.
         .target(name: "TollgateIO", dependencies: ["CTollgateShim"], swiftSettings: hotPath),
         // HTTP/1.1 parsing and serialisation over bytes; pure, no I/O.
@@ -30,9 +30,11 @@ let package = Package(
         .target(name: "TollgateTLS", dependencies: ["CTollgateShim", "TollgateIO"]),
         // Operators' rules in, decisions out: loading, validation, compiled matchers. Pure, no I/O on the decision path.
         .target(name: "TollgatePolicy", dependencies: ["TollgateIO", "TollgateConfig"]),
+        // Flow records to Elasticsearch: a crash-safe disk spool and a batching, retrying shipper off the loops.
+        .target(name: "TollgateShipping", dependencies: ["CTollgateShim", "TollgateIO", "TollgateHTTP", "TollgateConfig"]),
         // The daemon: listeners, proxy sessions, upstream pool, flow records.
         .target(name: "TollgateProxy", dependencies: [
-            "TollgateIO", "TollgateHTTP", "TollgateConfig", "TollgateTLS", "TollgatePolicy",
+            "TollgateIO", "TollgateHTTP", "TollgateConfig", "TollgateTLS", "TollgatePolicy", "TollgateShipping",
         ], swiftSettings: hotPath),
         // The command line.
         .executableTarget(name: "tollgate", dependencies: [
@@ -44,6 +46,7 @@ let package = Package(
         .testTarget(name: "TollgatePolicyTests", dependencies: ["TollgatePolicy"]),
         .testTarget(name: "TollgateTLSTests", dependencies: ["TollgateTLS"]),
         .testTarget(name: "TollgateConfigTests", dependencies: ["TollgateConfig"]),
+        .testTarget(name: "TollgateShippingTests", dependencies: ["TollgateShipping"]),
         .testTarget(name: "TollgateProxyTests", dependencies: ["TollgateProxy"]),
     ]
 )

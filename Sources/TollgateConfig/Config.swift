@@ -31,6 +31,31 @@ public struct Timeouts: Sendable {
     public init() {}
 }
 
+/// Where flow records go to Elasticsearch (`log.elasticsearch`); defaults documented in the README.
+public struct ElasticsearchSettings: Sendable {
+    /// Node base URLs (`http://host:9200`, `https://...`), used round-robin with failover.
+    public var urls: [String] = []
+    public var index = "autocode-traffic"
+    public var username: String?
+    public var password: String?
+    public var apiKey: String?
+    /// CA bundle for https nodes (verification is always on).
+    public var caFile: String?
+    public var batchRecords = 5000
+    public var batchBytes = 5 << 20
+    public var flushInterval: UInt64 = 1_000_000_000
+    public var spool = ""
+    public var spoolBytes = 1 << 30
+    /// `fail_closed`: refuse new connections while the spool is full (default: drop the newest records).
+    public var failClosed = false
+    public var retryMax: UInt64 = 60_000_000_000
+    public var requestTimeout: UInt64 = 30_000_000_000
+    /// Install the index template and ILM policy at start-up.
+    public var setup = false
+    public var retentionDays = 30
+    public init() {}
+}
+
 /// TLS interception settings (`tls:`).
 public struct TLSSettings: Sendable {
     /// Host patterns whose TLS is relayed untouched instead of intercepted.
@@ -61,6 +86,11 @@ public struct Config: Sendable {
     public var caCertificate: String?
     public var caKey: String?
     public var logFile: String?
+    /// Days rotated flow-log files are kept.
+    public var logRetentionDays = 30
+    /// Header names redacted in records on top of the built-in list.
+    public var redactHeaders: [String] = []
+    public var elasticsearch: ElasticsearchSettings?
     public var agents: [AgentDefinition] = []
     public var limits = Limits()
     public var timeouts = Timeouts()
@@ -96,10 +126,7 @@ public struct Config: Sendable {
                     let path = item.string(errors: &errors, context: "ca.\(field)")
                     if field == "cert" { config.caCertificate = path } else { config.caKey = path }
                 }
-            case "log":
-                for (_, item) in value.mapping(allowed: ["file"], errors: &errors, context: "log") {
-                    config.logFile = item.string(errors: &errors, context: "log.file")
-                }
+            case "log": config.readLog(value, &errors)
             case "agents": config.agents = readAgents(value, &errors)
             case "limits": config.readLimits(value, &errors)
             case "timeouts": config.readTimeouts(value, &errors)
@@ -168,6 +195,62 @@ public struct Config: Sendable {
                 limits[keyPath: keys[key]!] = number
             }
         }
+    }
+
+    private mutating func readLog(_ value: YAMLValue, _ errors: inout [ConfigError]) {
+        for (key, item) in value.mapping(allowed: ["file", "retention_days", "redact_headers", "elasticsearch"], errors: &errors, context: "log") {
+            switch key {
+            case "file": logFile = item.string(errors: &errors, context: "log.file")
+            case "retention_days": logRetentionDays = item.int(errors: &errors, context: "log.retention_days", range: 1...3650) ?? 30
+            case "redact_headers": redactHeaders = item.stringList(errors: &errors, context: "log.redact_headers").map(\.0)
+            default: elasticsearch = Self.readElasticsearch(item, &errors)
+            }
+        }
+    }
+
+    private static func readElasticsearch(_ value: YAMLValue, _ errors: inout [ConfigError]) -> ElasticsearchSettings {
+        var es = ElasticsearchSettings()
+        let keys: Set<String> = ["url", "index", "username", "password", "api_key", "ca", "batch_records", "batch_bytes",
+                                 "flush_interval", "spool", "spool_bytes", "on_spool_full", "retry_max", "request_timeout",
+                                 "setup", "retention_days"]
+        var sawSpool = false
+        for (key, item) in value.mapping(allowed: keys, errors: &errors, context: "log.elasticsearch") {
+            let context = "log.elasticsearch.\(key)"
+            switch key {
+            case "url":
+                es.urls = item.stringList(errors: &errors, context: context).compactMap { url, node in
+                    guard url.hasPrefix("http://") || url.hasPrefix("https://") else {
+                        errors.append(node.error("\(context): '\(url)' must start with http:// or https://"))
+                        return nil
+                    }
+                    return url.hasSuffix("/") ? String(url.dropLast()) : url
+                }
+            case "index": es.index = item.string(errors: &errors, context: context) ?? es.index
+            case "username": es.username = item.string(errors: &errors, context: context)
+            case "password": es.password = item.string(errors: &errors, context: context)
+            case "api_key": es.apiKey = item.string(errors: &errors, context: context)
+            case "ca": es.caFile = item.string(errors: &errors, context: context)
+            case "batch_records": es.batchRecords = item.int(errors: &errors, context: context, range: 1...1_000_000) ?? es.batchRecords
+            case "batch_bytes": es.batchBytes = item.int(errors: &errors, context: context, range: 1024...(512 << 20)) ?? es.batchBytes
+            case "flush_interval": es.flushInterval = item.duration(errors: &errors, context: context) ?? es.flushInterval
+            case "spool": es.spool = item.string(errors: &errors, context: context) ?? ""; sawSpool = true
+            case "spool_bytes": es.spoolBytes = item.int(errors: &errors, context: context, range: 1 << 20...(1 << 50)) ?? es.spoolBytes
+            case "on_spool_full":
+                switch item.string(errors: &errors, context: context) {
+                case "drop_newest": es.failClosed = false
+                case "fail_closed": es.failClosed = true
+                case let other?: errors.append(item.error("\(context) must be drop_newest or fail_closed, not '\(other)'"))
+                case nil: break
+                }
+            case "retry_max": es.retryMax = item.duration(errors: &errors, context: context) ?? es.retryMax
+            case "request_timeout": es.requestTimeout = item.duration(errors: &errors, context: context) ?? es.requestTimeout
+            case "setup": es.setup = item.bool(errors: &errors, context: context) ?? false
+            default: es.retentionDays = item.int(errors: &errors, context: context, range: 1...3650) ?? es.retentionDays
+            }
+        }
+        if es.urls.isEmpty { errors.append(value.error("log.elasticsearch.url is required")) }
+        if !sawSpool || es.spool.isEmpty { errors.append(value.error("log.elasticsearch.spool (a directory) is required")) }
+        return es
     }
 
     private mutating func readTLS(_ value: YAMLValue, _ errors: inout [ConfigError]) {

@@ -39,8 +39,8 @@ public final class Resolver: Sendable {
         }
     }
 
-    /// getaddrinfo for TCP; IPv4 answers first (the test bed and most egress are v4).
-    static func lookup(_ host: String) -> [IPAddress] {
+    /// getaddrinfo for TCP, blocking: for threads that may wait (never an event loop). IPv4 first.
+    public static func lookup(_ host: String) -> [IPAddress] {
         var hints = addrinfo()
         hints.ai_socktype = CInt(TG_SOCK_STREAM)
         var result: UnsafeMutablePointer<addrinfo>?

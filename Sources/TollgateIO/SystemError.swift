@@ -28,6 +28,10 @@ public struct Errno: RawRepresentable, Equatable, Hashable, Sendable, CustomStri
 public struct SystemError: Error, CustomStringConvertible, Sendable {
     public let call: String
     public let errno: Errno
+    public init(call: String, errno: Errno) {
+        self.call = call
+        self.errno = errno
+    }
     public var description: String { "\(call): \(errno)" }
 }
 

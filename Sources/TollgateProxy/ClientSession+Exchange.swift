@@ -94,12 +94,21 @@ extension ClientSession {
             return rejectHead(head, record, status: 400, type: "bad_request", message: message)
         }
         record.urlDomain = target.host
-        record.urlPath = head.isConnect ? nil : target.path
         let authority = target.bracketedHost
-        let scheme = isIntercepted ? "https" : "http"
-        let defaultPort: UInt16 = isIntercepted ? 443 : 80
-        record.urlFull = head.isConnect ? "\(authority):\(target.port)"
-            : "\(scheme)://\(authority)\(target.port == defaultPort ? "" : ":\(target.port)")\(target.path)"
+        if head.isConnect {
+            record.urlFull = "\(authority):\(target.port)"
+        } else {
+            // Secrets in query parameters never reach a record.
+            let question = target.path.firstIndex(of: "?")
+            let path = question.map { target.path[..<$0] } ?? target.path[...]
+            let query = question.map { Redaction.query(target.path[target.path.index(after: $0)...]) }
+            record.urlPath = String(path)
+            record.urlQuery = query
+            let scheme = isIntercepted ? "https" : "http"
+            let defaultPort: UInt16 = isIntercepted ? 443 : 80
+            record.urlFull = "\(scheme)://\(authority)\(target.port == defaultPort ? "" : ":\(target.port)")\(path)\(query.map { "?" + $0 } ?? "")"
+        }
+        record.requestHeaders = head.headers
         record.destinationDomain = target.host
         if head.isConnect { record.action = .tunnel; record.networkProtocol = "tcp" }
 
@@ -112,7 +121,9 @@ extension ClientSession {
             requestDecoder: BodyDecoder(framing: head.framing), requestChunked: head.framing == .chunked,
             requestComplete: head.framing == .none || head.framing == .length(0) || head.isConnect,
             closeClientAfter: !head.keepAlive || draining, startNanoseconds: worker.loop.now)
-        if head.upgrade == nil && !head.isConnect { timer.arm(after: settings.timeouts.response) }
+        if head.upgrade == nil && !head.isConnect {
+            timer.arm(after: exchange?.requestComplete == true ? settings.timeouts.response : settings.timeouts.idle)
+        }
 
         if let destination = originalDestination, !head.isConnect {
             admitThenAttach(destination)
@@ -234,7 +245,8 @@ extension ClientSession {
         writeRequestHead(to: upstream)
         pumpRequestBody()
         if exchange?.requestComplete == true { exchange?.awaitingResponse = true }
-        timer.arm(after: exchange?.request.upgrade == nil ? settings.timeouts.response : settings.timeouts.idle)
+        let waitingForResponse = exchange?.requestComplete == true && exchange?.request.upgrade == nil
+        timer.arm(after: waitingForResponse ? settings.timeouts.response : settings.timeouts.idle)
     }
 
     private func writeRequestHead(to upstream: Connection) {
@@ -293,6 +305,8 @@ extension ClientSession {
                 }
                 forward(from: client.inbound, offset: offset, count: count, to: upstream.outbound, chunked: exchange.requestChunked)
                 client.inbound.consume(consumed)
+                // The response clock starts when the request is complete; until then, progress counts.
+                if !exchange.responseHeadSent { timer.arm(after: settings.timeouts.idle) }
             case .needMore(let consumed):
                 client.inbound.consume(consumed)
                 return
@@ -379,6 +393,7 @@ extension ClientSession {
             exchange.responseHeadSent = true
             exchange.awaitingResponse = false
             exchange.record.statusCode = head.status
+            exchange.record.responseHeaders = head.headers
             writeResponseHead(head, framing: framing, close: exchange.closeClientAfter, upgrade: false)
             timer.arm(after: settings.timeouts.idle)
             return true

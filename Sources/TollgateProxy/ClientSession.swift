@@ -222,17 +222,35 @@ final class ClientSession: ConnectionDelegate, TimerTarget {
 
     // MARK: Flow control
 
-    /// After every event: apply backpressure with hysteresis, flush both sides, re-arm timers.
+    /// After every event: flush both sides, move whatever the flush made room for, then apply
+    /// backpressure with hysteresis on what is still queued. Flushing first matters: output that
+    /// drains right here produces no writable event later, so a side paused on stale numbers
+    /// (or bytes left waiting in a buffer) would never be resumed.
     func settle() {
         guard phase != .closed else { return }
         let limits = settings.limits
+        upstream?.flush()
+        client.flush()
+        if phase == .exchanging, let upstream {
+            if exchange?.requestComplete == false && !client.inbound.isEmpty && upstream.pendingOutput < limits.bufferHighWater {
+                pumpRequestBody()
+                upstream.flush()
+            }
+            if phase == .exchanging && !upstream.inbound.isEmpty && client.pendingOutput < limits.bufferHighWater {
+                pumpResponse()
+                client.flush()
+            }
+        } else if phase == .tunnel {
+            relay()
+            upstream?.flush()
+            client.flush()
+        }
+        guard phase != .closed else { return }
         if let upstream, !upstream.isClosed {
             let pending = upstream.pendingOutput
             if pending >= limits.bufferHighWater { clientReadThrottled = true } else if pending <= limits.bufferLowWater { clientReadThrottled = false }
-        } else if client.inbound.readableBytes >= limits.bufferHighWater {
-            clientReadThrottled = true
         } else {
-            clientReadThrottled = false
+            clientReadThrottled = client.inbound.readableBytes >= limits.bufferHighWater
         }
         let pendingToClient = client.pendingOutput
         if pendingToClient >= limits.bufferHighWater { upstreamReadThrottled = true } else if pendingToClient <= limits.bufferLowWater { upstreamReadThrottled = false }
@@ -257,8 +275,6 @@ final class ClientSession: ConnectionDelegate, TimerTarget {
             break
         }
         if let upstream, !upstream.isClosed { upstream.wantsRead = !upstreamReadThrottled }
-        upstream?.flush()
-        client.flush()
     }
 
     // MARK: Sniffing

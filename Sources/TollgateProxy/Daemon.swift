@@ -7,6 +7,7 @@ import TollgateConfig
 import TollgateHTTP
 import TollgateIO
 import TollgatePolicy
+import TollgateShipping
 import TollgateTLS
 
 /// Starts the workers for a config and runs until SIGTERM/SIGINT has drained them.
@@ -22,11 +23,13 @@ public final class Daemon {
         case tls(TLSSetupError)
         case rules(ConfigErrors)
         case listen(SystemError)
+        case spool(SystemError)
         public var description: String {
             switch self {
             case .tls(let error): return error.description
             case .rules(let errors): return "rules are broken:\n\(errors)"
             case .listen(let error): return error.description
+            case .spool(let error): return "elasticsearch spool: \(error)"
             }
         }
     }
@@ -52,7 +55,15 @@ public final class Daemon {
         // instead of trimming it back to the kernel each time (madvise and page faults per request).
         tg_keep_freed_memory()
         let tls = try makeTLSEngine()
-        let ownAddresses = Set(config.transparent + config.explicit + (config.admin.map { [$0] } ?? []))
+        // Every address:port Tollgate answers on, with wildcard listeners expanded to this host's
+        // addresses: dialling any of them would send a request back into Tollgate.
+        let interfaces = localInterfaceAddresses()
+        let listeners = config.transparent + config.explicit + (config.admin.map { [$0] } ?? [])
+        let ownAddresses = Set(listeners.flatMap { listener -> [SocketAddress] in
+            let unspecified = listener.ip == IPAddress(bytes: listener.ip.isV4 ? [0, 0, 0, 0] : [UInt8](repeating: 0, count: 16))
+            guard unspecified else { return [listener] }
+            return [listener] + interfaces.filter { $0.isV4 == listener.ip.isV4 }.map { SocketAddress(ip: $0, port: listener.port) }
+        })
         let fallback = config.agents.map { agent in
             Agent(name: agent.name, sources: agent.sources, groups: [], dailyBudgetUSD: nil,
                   location: SourceLocation(file: "config", line: 1, column: 1))
@@ -60,7 +71,7 @@ public final class Daemon {
         let rules: RuleStore
         do {
             rules = try RuleStore(directory: config.rulesDirectory, fallbackAgents: fallback,
-                                  ownAddresses: Set(ownAddresses.map(\.ip) + localInterfaceAddresses()))
+                                  ownAddresses: Set(ownAddresses.map(\.ip) + interfaces))
         } catch {
             throw .rules(error)
         }
@@ -69,15 +80,29 @@ public final class Daemon {
         }
         // Block the control signals before any thread starts, so only the signalfd sees them.
         let signals = tg_signalfd_for_control_signals()
-        let flowLog = FlowLog(path: config.logFile)
+        let flowLog = FlowLog(path: config.logFile, retentionDays: config.logRetentionDays)
         flowLog.start()
+        var shipper: Shipper?
+        if let es = config.elasticsearch {
+            do { shipper = try Shipper(settings: es) } catch { throw .spool(error) }
+            if es.setup {
+                // Best effort: records wait in the spool whatever happens here.
+                switch IndexSetup.install(es) {
+                case .success(let what): Log.info("elasticsearch setup: \(what)")
+                case .failure(let error): Log.warning("elasticsearch setup failed (\(error)); run `tollgate es setup` later")
+                }
+            }
+            shipper?.start()
+        }
         let resolver = Resolver()
         let settings = ProxySettings(
             limits: config.limits, timeouts: config.timeouts,
             headLimits: HeadLimits(requestLineBytes: config.limits.requestLineBytes, headerBytes: config.limits.headerBytes,
                                    headerCount: config.limits.headerCount),
             ownAddresses: ownAddresses,
-            tls: tls, splice: HostPatterns(config.tls.splice), spliceOnClientReject: config.tls.spliceOnClientReject)
+            tls: tls, splice: HostPatterns(config.tls.splice), spliceOnClientReject: config.tls.spliceOnClientReject,
+            observer: FlowRecord.Observer(hostname: hostName(), version: tollgateVersion),
+            redaction: Redaction(extraHeaders: config.redactHeaders), shipper: shipper)
 
         var workers: [Worker] = []
         do {
@@ -92,7 +117,7 @@ public final class Daemon {
         } catch {
             throw .listen(error)
         }
-        workers[0].metrics = MetricsRenderer(loops: workers.map(\.counters), flowLog: flowLog, tls: tls)
+        workers[0].metrics = MetricsRenderer(loops: workers.map(\.counters), flowLog: flowLog, tls: tls, shipper: shipper)
         workers[0].rules = rules
         let boundWorkers = UncheckedSendable(workers)
         rules.subscribe { policy in
@@ -123,6 +148,7 @@ public final class Daemon {
         }
         while running.load(ordering: .acquiring) > 0 { usleep(10_000) }
         flowLog.stop()
+        shipper?.stop()
         Log.info("stopped")
     }
 
@@ -134,4 +160,14 @@ public final class Daemon {
             if signal == SIGHUP { rules.requestReload() }
         }
     }
+}
+
+/// The version written into records and printed by `tollgate --version`.
+public let tollgateVersion = "0.1.0"
+
+/// This host's name (ECS observer.hostname).
+func hostName() -> String {
+    var buffer = [CChar](repeating: 0, count: 256)
+    guard gethostname(&buffer, buffer.count) == 0 else { return "unknown" }
+    return String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
 }

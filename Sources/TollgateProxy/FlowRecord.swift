@@ -1,4 +1,5 @@
 // TollgateProxy: the daemon — listeners, proxy sessions, the upstream pool and flow records.
+import TollgateHTTP
 import TollgateIO
 
 /// One flow: an HTTP exchange, a tunnel, a raw TCP relay or a refused connection. Field names
@@ -24,6 +25,11 @@ public struct FlowRecord {
     public var urlFull: String?
     public var urlDomain: String?
     public var urlPath: String?
+    /// Already redacted.
+    public var urlQuery: String?
+    /// Heads as parsed; written with secret values redacted.
+    var requestHeaders: Headers?
+    var responseHeaders: Headers?
     public var httpVersion: String?
     public var method: String?
     public var requestBodyBytes: Int?
@@ -61,11 +67,21 @@ public struct FlowRecord {
         self.mode = mode
     }
 
-    /// Appends the record as one JSON line.
-    public func encode(into out: inout JSONWriter) {
+    /// Who wrote the record (ECS `observer`).
+    struct Observer: Sendable {
+        let hostname: String
+        let version: String
+    }
+
+    /// Appends the record as one JSON line; `id` becomes `event.id` (and the Elasticsearch `_id`).
+    func encode(into out: inout JSONWriter, id: String, observer: Observer, redaction: Redaction) {
         out.beginObject()
         out.key("@timestamp"); out.timestamp(milliseconds: timestampMilliseconds)
         out.object("event") { w in
+            w.field("id", id)
+            w.field("kind", "event")
+            w.key("category"); w.stringArray(method != nil ? ["network", "web"] : ["network"])
+            w.key("type"); w.stringArray([decision == "deny" || action == .rejected ? "denied" : (method != nil ? "access" : "connection")])
             w.field("action", action.rawValue)
             w.field("duration", Int(durationNanoseconds))
             w.field("outcome", errorType == nil && decision != "deny" ? "success" : "failure")
@@ -84,11 +100,19 @@ public struct FlowRecord {
                 w.field("bytes", destinationBytes)
             }
         }
+        out.object("observer") { w in
+            w.field("type", "proxy")
+            w.field("product", "tollgate")
+            w.field("vendor", "tollgate")
+            w.field("version", observer.version)
+            w.field("hostname", observer.hostname)
+        }
         if urlFull != nil {
             out.object("url") { w in
                 w.field("full", urlFull)
                 w.field("domain", urlDomain)
                 w.field("path", urlPath)
+                w.field("query", urlQuery)
             }
         }
         if method != nil || statusCode != nil {
@@ -98,12 +122,14 @@ public struct FlowRecord {
                     w.object("request") { w in
                         w.field("method", method)
                         w.object("body") { $0.field("bytes", requestBodyBytes ?? 0) }
+                        if let requestHeaders { w.key("headers"); redaction.write(requestHeaders, into: &w) }
                     }
                 }
                 if let statusCode {
                     w.object("response") { w in
                         w.field("status_code", statusCode)
                         w.object("body") { $0.field("bytes", responseBodyBytes ?? 0) }
+                        if let responseHeaders { w.key("headers"); redaction.write(responseHeaders, into: &w) }
                     }
                 }
             }

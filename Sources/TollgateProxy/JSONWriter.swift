@@ -48,6 +48,17 @@ public struct JSONWriter {
         needsComma = true
     }
 
+    /// An array of strings as a value (after `key`).
+    public mutating func stringArray(_ values: [String]) {
+        bytes.append(UInt8(ascii: "["))
+        for (index, value) in values.enumerated() {
+            if index > 0 { bytes.append(UInt8(ascii: ",")) }
+            string(value)
+        }
+        bytes.append(UInt8(ascii: "]"))
+        needsComma = true
+    }
+
     /// An IP address as a string field, written without building a String for IPv4.
     public mutating func field(_ name: String, _ ip: IPAddress?) {
         guard let ip else { return }

@@ -1,4 +1,5 @@
 import Synchronization
+import TollgateShipping
 import TollgateTLS
 
 /// What a loop counts.
@@ -23,6 +24,7 @@ struct MetricsRenderer: Sendable {
     let loops: [LoopCounters]
     let flowLog: FlowLog
     let tls: TLSEngine?
+    let shipper: Shipper?
 
     func render() -> String {
         var out = ""
@@ -46,6 +48,18 @@ struct MetricsRenderer: Sendable {
         let log = flowLog.statistics
         metric("tollgate_flow_records_written_total", "counter", "Flow records written to log.file.", log.written)
         metric("tollgate_flow_records_dropped_total", "counter", "Flow records lost (queue full or write errors).", log.dropped)
+        if let shipper {
+            let es = shipper.statistics
+            metric("tollgate_es_records_queued", "gauge", "Records waiting for Elasticsearch (memory and spool).", es.queued)
+            metric("tollgate_es_records_shipped_total", "counter", "Records Elasticsearch acknowledged (2xx or 409).", es.shipped)
+            metric("tollgate_es_records_retried_total", "counter", "Record sends retried (429, 5xx, errors).", es.retried)
+            metric("tollgate_es_records_dead_lettered_total", "counter", "Records refused for good, kept in dead-letter.ndjson.", es.deadLettered)
+            metric("tollgate_es_records_dropped_total", "counter", "Records lost because the spool was full (drop_newest).", es.dropped)
+            metric("tollgate_es_spool_bytes", "gauge", "Bytes in the on-disk spool.", es.spoolBytes)
+            out += "# HELP tollgate_es_seconds_since_last_success Seconds since the last successful bulk request (-1: none yet).\n"
+            out += "# TYPE tollgate_es_seconds_since_last_success gauge\n"
+            out += "tollgate_es_seconds_since_last_success \(es.secondsSinceSuccess < 0 ? "-1" : String(Int(es.secondsSinceSuccess)))\n"
+        }
         return out
     }
 }

@@ -2,6 +2,7 @@ import TollgateConfig
 import TollgateHTTP
 import TollgateIO
 import TollgatePolicy
+import TollgateShipping
 import TollgateTLS
 
 /// Settings every session reads, fixed at start-up.
@@ -15,6 +16,10 @@ struct ProxySettings: Sendable {
     let tls: TLSEngine?
     let splice: HostPatterns
     let spliceOnClientReject: Bool
+    let observer: FlowRecord.Observer
+    let redaction: Redaction
+    /// Nil without `log.elasticsearch`.
+    let shipper: Shipper?
 }
 
 /// How a client reached Tollgate.
@@ -46,6 +51,10 @@ final class Worker: TimerTarget, @unchecked Sendable {  // confined to `loop`'s 
     /// Reused for serialising heads and records, so the steady state does not allocate them.
     var scratch: [UInt8] = []
     private var json = JSONWriter()
+    /// Record ids: a random per-loop prefix and a counter, unique across loops and restarts.
+    private let idPrefix: [UInt8] = hexDigits(UInt64.random(in: 0...UInt64.max))
+    private var idCounter: UInt64 = 0
+    private var refusedWhileLogging = 0
 
     init(loop: EventLoop, settings: ProxySettings, flowLog: FlowLog, resolver: Resolver, policy: Policy) {
         self.policy = policy
@@ -67,6 +76,15 @@ final class Worker: TimerTarget, @unchecked Sendable {  // confined to `loop`'s 
     }
 
     private func accepted(_ socket: Socket, peer: SocketAddress, kind: ListenerKind) {
+        if kind != .admin, settings.shipper?.isRefusingConnections == true {
+            // on_spool_full: fail_closed — no new traffic until its records can be kept.
+            refusedWhileLogging += 1
+            if refusedWhileLogging == 1 || refusedWhileLogging % 1000 == 0 {
+                Log.error("refusing connection from \(peer): the Elasticsearch spool is full (fail_closed); \(refusedWhileLogging) refused")
+            }
+            socket.close()
+            return
+        }
         if kind == .admin {
             AdminSession(socket: socket, loop: loop, metrics: metrics, rules: rules).start()
             return
@@ -93,9 +111,15 @@ final class Worker: TimerTarget, @unchecked Sendable {  // confined to `loop`'s 
         case .tlsClientRejectedCertificate: counters.increment(.tlsClientRejected)
         default: break
         }
+        idCounter &+= 1
+        let id = idPrefix + hexDigits(idCounter)
         json.reset()
-        record.encode(into: &json)
-        flowLog.submit(json.bytes)
+        record.encode(into: &json, id: String(decoding: id, as: UTF8.self), observer: settings.observer, redaction: settings.redaction)
+        if flowLog.isEnabled { flowLog.submit(json.bytes) }
+        if let shipper = settings.shipper {
+            // The shipper wants the document without the line's newline.
+            shipper.submit(SpooledRecord(timestampMilliseconds: record.timestampMilliseconds, id: id, document: json.bytes.dropLast()))
+        }
     }
 
     /// SIGTERM: stop accepting, let in-flight exchanges finish until `deadline`, then close the rest.
@@ -127,4 +151,10 @@ final class Worker: TimerTarget, @unchecked Sendable {  // confined to `loop`'s 
         onDrained = nil
         done?()
     }
+}
+
+/// 16 lower-case hex digits.
+func hexDigits(_ value: UInt64) -> [UInt8] {
+    let digits = Array("0123456789abcdef".utf8)
+    return (0..<16).map { digits[Int((value >> (60 - 4 * UInt64($0))) & 0xf)] }
 }

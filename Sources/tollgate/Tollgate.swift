@@ -4,13 +4,15 @@ import TollgateConfig
 import TollgateIO
 import TollgatePolicy
 import TollgateProxy
+import TollgateShipping
 import TollgateTLS
 
 @main
 struct Tollgate: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "A transparent egress proxy with a policy engine for coding agents.",
-        subcommands: [Run.self, CheckConfig.self, Check.self, Explain.self, CA.self])
+        version: tollgateVersion,
+        subcommands: [Run.self, CheckConfig.self, Check.self, Explain.self, CA.self, ES.self])
 }
 
 /// `tollgate run --config FILE`
@@ -157,6 +159,43 @@ struct ExplainTarget {
         guard !authority.isEmpty, port != 0 else { return nil }
         host = authority
         self.port = port
+    }
+}
+
+/// `tollgate es setup|template`: the Elasticsearch side of flow logging.
+struct ES: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "es", abstract: "Elasticsearch: install or print the index template and ILM policy.",
+        subcommands: [Setup.self, Template.self])
+
+    struct Setup: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Install the ILM policy and index template (log.elasticsearch).")
+        @Option(name: .long, help: "Path to the YAML config file.") var config: String
+
+        func run() throws {
+            let loaded = try loadConfig(config)
+            guard let es = loaded.elasticsearch else {
+                printError("\(config): no log.elasticsearch section")
+                throw ExitCode(1)
+            }
+            switch IndexSetup.install(es) {
+            case .success(let what): print(what)
+            case .failure(let error):
+                printError("tollgate es setup: \(error)")
+                throw ExitCode(1)
+            }
+        }
+    }
+
+    struct Template: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Print the index template or the ILM policy as JSON.")
+        @Option(name: .long, help: "Index name prefix.") var index = "autocode-traffic"
+        @Flag(name: .long, help: "Print the ILM policy instead.") var policy = false
+        @Option(name: .long, help: "ILM retention in days.") var retentionDays = 30
+
+        func run() throws {
+            print(policy ? IndexSetup.policy(retentionDays: retentionDays) : IndexSetup.template(index: index))
+        }
     }
 }
 

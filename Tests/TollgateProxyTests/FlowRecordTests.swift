@@ -1,4 +1,5 @@
 import Testing
+import TollgateHTTP
 import TollgateIO
 @testable import TollgateProxy
 
@@ -15,9 +16,11 @@ import TollgateIO
         record.errorMessage = "quote \" and\nnewline"
         record.errorType = "x"
         var writer = JSONWriter()
-        record.encode(into: &writer)
+        record.encode(into: &writer, id: "0123456789abcdef0123456789abcdef",
+                      observer: FlowRecord.Observer(hostname: "gw", version: "0.1.0"), redaction: Redaction(extraHeaders: []))
         let line = String(decoding: writer.bytes, as: UTF8.self)
-        #expect(line.hasPrefix("{\"@timestamp\":\"2025-11-24T16:00:00.123Z\",\"event\":{\"action\":\"http_request\""))
+        #expect(line.hasPrefix("{\"@timestamp\":\"2025-11-24T16:00:00.123Z\",\"event\":{\"id\":\"0123456789abcdef0123456789abcdef\",\"kind\":\"event\",\"category\":[\"network\",\"web\"],\"type\":[\"access\"],\"action\":\"http_request\""))
+        #expect(line.contains("\"observer\":{\"type\":\"proxy\",\"product\":\"tollgate\",\"vendor\":\"tollgate\",\"version\":\"0.1.0\",\"hostname\":\"gw\"}"))
         #expect(line.contains("\"source\":{\"ip\":\"10.99.0.2\",\"port\":40000}"))
         #expect(line.contains("\"http\":{\"request\":{\"method\":\"GET\",\"body\":{\"bytes\":0}},\"response\":{\"status_code\":200,\"body\":{\"bytes\":1024}}}"))
         #expect(line.contains("\"tollgate\":{\"agent\":\"worker-1\",\"mode\":\"transparent\"}"))
@@ -49,5 +52,22 @@ import TollgateIO
         #expect(sniff(Array("GE".utf8)) == .undecided)
         #expect(sniff(Array("SSH-2.0-OpenSSH".utf8)) == .other)
         #expect(sniff([]) == .undecided)
+    }
+}
+
+@Suite struct RedactionTests {
+    @Test func secretQueryParametersAreRedacted() {
+        #expect(Redaction.query("api_key=abc&page=2&AccessToken=x&q=hello") == "api_key=[redacted]&page=2&AccessToken=[redacted]&q=hello")
+        #expect(Redaction.query("flag&password=hunter2") == "flag&password=[redacted]")
+    }
+
+    @Test func secretHeadersAreRedactedAndRepeatsJoined() throws {
+        let text = "GET / HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer s3cr3t\r\nX-Custom: 1\r\nX-Custom: 2\r\nX-Mine: hidden\r\n\r\n"
+        let bytes = Array(text.utf8)
+        let head = try bytes.withUnsafeBytes { raw in try HeadParser.parseRequest(raw, length: raw.count, limits: HeadLimits()) }
+        var writer = JSONWriter()
+        Redaction(extraHeaders: ["X-Mine"]).write(head.headers, into: &writer)
+        #expect(String(decoding: writer.bytes, as: UTF8.self)
+                == "{\"host\":\"a\",\"authorization\":\"[redacted]\",\"x-custom\":\"1, 2\",\"x-mine\":\"[redacted]\"}")
     }
 }

@@ -63,4 +63,15 @@ int tg_semaphore_eventfd(void);
 /// instead of being returned to the kernel (malloc.h is not part of Swift's Glibc module).
 void tg_keep_freed_memory(void);
 
+/// gzip (RFC 1952) of `len` bytes into `out` (capacity `cap`); returns the compressed size or -1.
+long tg_gzip(const void *in, size_t len, void *out, size_t cap);
+/// An upper bound for tg_gzip's output.
+size_t tg_gzip_bound(size_t len);
+/// gunzip into `out`; returns the size or -1 (used by tests and for reading rotated logs).
+long tg_gunzip(const void *in, size_t len, void *out, size_t cap);
+/// Compresses a whole file to `destination` (gzip); 0 on success.
+int tg_gzip_file(const char *source, const char *destination);
+/// CRC-32 (zlib's) of a buffer, for spool records.
+uint32_t tg_crc32(const void *buf, size_t len);
+
 #endif

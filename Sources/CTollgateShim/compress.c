@@ -1,0 +1,54 @@
+#include "tollgate_shim.h"
+#include <string.h>
+#include <stdio.h>
+#include <zlib.h>
+
+long tg_gzip(const void *in, size_t len, void *out, size_t cap) {
+    z_stream zs;
+    memset(&zs, 0, sizeof zs);
+    // windowBits 15 + 16 selects the gzip wrapper; level 1: bulk bodies compress well even fast.
+    if (deflateInit2(&zs, 1, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY) != Z_OK) return -1;
+    zs.next_in = (Bytef *)in;
+    zs.avail_in = (uInt)len;
+    zs.next_out = out;
+    zs.avail_out = (uInt)cap;
+    int rc = deflate(&zs, Z_FINISH);
+    long produced = (long)zs.total_out;
+    deflateEnd(&zs);
+    return rc == Z_STREAM_END ? produced : -1;
+}
+
+size_t tg_gzip_bound(size_t len) { return compressBound((uLong)len) + 64; }
+
+long tg_gunzip(const void *in, size_t len, void *out, size_t cap) {
+    z_stream zs;
+    memset(&zs, 0, sizeof zs);
+    if (inflateInit2(&zs, 15 + 16) != Z_OK) return -1;
+    zs.next_in = (Bytef *)in;
+    zs.avail_in = (uInt)len;
+    zs.next_out = out;
+    zs.avail_out = (uInt)cap;
+    int rc = inflate(&zs, Z_FINISH);
+    long produced = (long)zs.total_out;
+    inflateEnd(&zs);
+    return rc == Z_STREAM_END ? produced : -1;
+}
+
+uint32_t tg_crc32(const void *buf, size_t len) { return (uint32_t)crc32(0L, buf, (uInt)len); }
+
+int tg_gzip_file(const char *source, const char *destination) {
+    FILE *in = fopen(source, "rb");
+    if (!in) return -1;
+    gzFile out = gzopen(destination, "wb6");
+    if (!out) { fclose(in); return -1; }
+    char buffer[65536];
+    size_t n;
+    int rc = 0;
+    while ((n = fread(buffer, 1, sizeof buffer, in)) > 0) {
+        if (gzwrite(out, buffer, (unsigned)n) != (int)n) { rc = -1; break; }
+    }
+    if (ferror(in)) rc = -1;
+    fclose(in);
+    if (gzclose(out) != Z_OK) rc = -1;
+    return rc;
+}

@@ -1,0 +1,378 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CTollgateShim
+import Synchronization
+import TollgateConfig
+import TollgateIO
+
+/// Ships flow records to Elasticsearch without ever blocking an event loop and without losing
+/// them: loops hand records to a bounded queue; a spool thread writes them to the disk spool;
+/// a sender thread reads the spool in order, sends compressed `_bulk` batches, classifies every
+/// item, retries what is retryable with capped backoff, dead-letters what never will succeed,
+/// and acknowledges (deletes) spool segments only behind delivered records.
+public final class Shipper: Sendable {
+    /// Counters for `/metrics`.
+    public struct Statistics: Sendable {
+        public var queued = 0
+        public var shipped = 0
+        public var retried = 0
+        public var deadLettered = 0
+        public var dropped = 0
+        public var spoolBytes = 0
+        /// Seconds since the last successful bulk request, -1 before the first.
+        public var secondsSinceSuccess: Double = -1
+    }
+
+    private struct Queue {
+        var records: [SpooledRecord] = []
+        var bytes = 0
+    }
+    fileprivate struct Counters {
+        var shipped = 0, retried = 0, deadLettered = 0, dropped = 0
+        var lastSuccess: UInt64 = 0
+    }
+
+    private let settings: ElasticsearchSettings
+    private let nodes: [Node]
+    private let spool: Spool
+    private let queue = Mutex(Queue())
+    fileprivate let counters = Mutex(Counters())
+    private let refusing = Atomic<Bool>(false)
+    private let stopping = Atomic<Bool>(false)
+    private let running = Atomic<Int>(0)
+    /// The in-memory hand-off holds at most this much before records wait on disk only.
+    private static let queueBytes = 64 << 20
+
+    public init(settings: ElasticsearchSettings) throws(SystemError) {
+        self.settings = settings
+        nodes = settings.urls.compactMap(Node.init(url:))
+        spool = try Spool(directory: settings.spool)
+        if spool.unacknowledgedRecords > 0 {
+            Log.info("elasticsearch spool: \(spool.unacknowledgedRecords) record(s) from an earlier run will be delivered")
+        }
+    }
+
+    /// True while `on_spool_full: fail_closed` refuses new connections.
+    public var isRefusingConnections: Bool { refusing.load(ordering: .relaxed) }
+
+    /// Called on an event loop: never waits beyond a short critical section.
+    public func submit(_ record: SpooledRecord) {
+        let accepted = queue.withLock { queue -> Bool in
+            guard queue.bytes + record.document.count <= Self.queueBytes else { return false }
+            queue.records.append(record)
+            queue.bytes += record.document.count
+            return true
+        }
+        if !accepted { counters.withLock { $0.dropped += 1 } }
+    }
+
+    public var statistics: Statistics {
+        let queued = queue.withLock { $0.records.count }
+        let counts = counters.withLock { $0 }
+        return Statistics(queued: queued + spool.unacknowledgedRecords, shipped: counts.shipped, retried: counts.retried,
+                          deadLettered: counts.deadLettered, dropped: counts.dropped, spoolBytes: spool.totalBytes,
+                          secondsSinceSuccess: counts.lastSuccess == 0 ? -1 : Double(monotonicNanoseconds() - counts.lastSuccess) / 1e9)
+    }
+
+    public func start() {
+        running.store(2, ordering: .releasing)
+        startThread(name: "tollgate-spool") { [self] in runSpoolWriter(); running.subtract(1, ordering: .releasing) }
+        startThread(name: "tollgate-ship") { [self] in runSender(); running.subtract(1, ordering: .releasing) }
+    }
+
+    /// Moves what is queued to disk and stops; unsent records are delivered by the next run.
+    public func stop(timeout: UInt64 = 5_000_000_000) {
+        stopping.store(true, ordering: .releasing)
+        let deadline = monotonicNanoseconds() + timeout
+        while running.load(ordering: .acquiring) > 0 && monotonicNanoseconds() < deadline { usleep(10_000) }
+    }
+
+    // MARK: Spool writer
+
+    private func runSpoolWriter() {
+        var lastSync = monotonicNanoseconds()
+        var reportedFull = false
+        while true {
+            let done = stopping.load(ordering: .acquiring)
+            let batch = queue.withLock { queue -> [SpooledRecord] in
+                defer { queue = Queue() }
+                return queue.records
+            }
+            if !batch.isEmpty {
+                let room = settings.spoolBytes - spool.totalBytes
+                var fits = 0, size = 0
+                for record in batch {
+                    size += record.encodedSize
+                    if size > room { break }
+                    fits += 1
+                }
+                do {
+                    try spool.append(Array(batch[0..<fits]))
+                } catch {
+                    // Disk full or broken: keep what we have in memory and try again shortly.
+                    Log.error("elasticsearch spool \(settings.spool): \(error); records are held in memory")
+                    requeue(batch)
+                    usleep(200_000)
+                    continue
+                }
+                if fits < batch.count {
+                    if settings.failClosed {
+                        requeue(Array(batch[fits...]))
+                        refusing.store(true, ordering: .releasing)
+                    } else {
+                        counters.withLock { $0.dropped += batch.count - fits }
+                    }
+                    if !reportedFull {
+                        Log.error("elasticsearch spool is full (\(settings.spoolBytes) bytes): " +
+                                  (settings.failClosed ? "refusing new connections" : "dropping the newest records (counted)"))
+                        reportedFull = true
+                    }
+                } else if refusing.load(ordering: .relaxed) || reportedFull {
+                    refusing.store(false, ordering: .releasing)
+                    reportedFull = false
+                    Log.info("elasticsearch spool has room again")
+                }
+            } else if refusing.load(ordering: .relaxed) && spool.totalBytes < settings.spoolBytes * 9 / 10 {
+                refusing.store(false, ordering: .releasing)
+                reportedFull = false
+            }
+            if monotonicNanoseconds() - lastSync > 200_000_000 {
+                spool.sync()
+                lastSync = monotonicNanoseconds()
+            }
+            if done && batch.isEmpty { spool.sync(); return }
+            usleep(20_000)
+        }
+    }
+
+    private func requeue(_ records: [SpooledRecord]) {
+        queue.withLock { queue in
+            queue.records.insert(contentsOf: records, at: 0)
+            queue.bytes += records.reduce(0) { $0 + $1.document.count }
+        }
+    }
+
+    // MARK: Sender
+
+    private func runSender() {
+        let client: HTTPClient
+        do { client = try HTTPClient(caFile: settings.caFile) } catch {
+            Log.error("elasticsearch: \(error); records stay in the spool")
+            return
+        }
+        var sender = Sender(shipper: self, settings: settings, nodes: nodes, client: client)
+        var cursor = spool.acknowledgedPosition
+        var waitingSince: UInt64?
+        while !stopping.load(ordering: .acquiring) {
+            let end = spool.endPosition
+            if cursor >= end { waitingSince = nil; usleep(20_000); continue }
+            // Flush at the batch size, or once the oldest waiting record is flush_interval old.
+            let now = monotonicNanoseconds()
+            if waitingSince == nil { waitingSince = now }
+            let (records, next) = spool.read(from: cursor, maxRecords: settings.batchRecords, maxBytes: settings.batchBytes)
+            let full = records.count >= settings.batchRecords || records.reduce(0, { $0 + $1.document.count }) >= settings.batchBytes
+            if !full && now - waitingSince! < settings.flushInterval { usleep(20_000); continue }
+            if records.isEmpty { cursor = next; continue }
+            guard sender.deliver(records, stopping: stopping) else { return }
+            cursor = next
+            spool.acknowledge(upTo: next, records: records.count)
+            waitingSince = nil
+        }
+    }
+}
+
+/// The sending half: one batch at a time until every record in it is settled.
+private struct Sender {
+    let shipper: Shipper
+    let settings: ElasticsearchSettings
+    let nodes: [Node]
+    let client: HTTPClient
+    var nodeIndex = 0
+    var failures = 0
+    var indexNames: [Int: String] = [:]
+
+    init(shipper: Shipper, settings: ElasticsearchSettings, nodes: [Node], client: HTTPClient) {
+        self.shipper = shipper
+        self.settings = settings
+        self.nodes = nodes
+        self.client = client
+    }
+
+    /// Runs `body` on the shipper's counters.
+    private func count(_ body: (inout Shipper.Counters) -> Void) { shipper.counters.withLock { body(&$0) } }
+
+    /// Returns once every record is delivered or dead-lettered; false only when stopping.
+    mutating func deliver(_ records: [SpooledRecord], stopping: borrowing Atomic<Bool>) -> Bool {
+        var pending = records
+        while !pending.isEmpty {
+            if stopping.load(ordering: .acquiring) { return false }
+            let node = nodes[nodeIndex % nodes.count]
+            let body = bulkBody(pending)
+            let outcome: Result<(status: Int, body: [UInt8]), ClientError>
+            do {
+                outcome = .success(try client.send(node: node, index: nodeIndex % nodes.count, method: "POST", path: "/_bulk",
+                                                   headers: headers(gzip: true), body: body, timeout: settings.requestTimeout))
+            } catch {
+                outcome = .failure(error)
+            }
+            switch outcome {
+            case .failure(let error):
+                retryWhole(pending.count, because: "\(node): \(error)")
+            case .success(let response) where response.status == 413:
+                // Too large for the node: halves go separately (a single record too large is dead).
+                if pending.count == 1 {
+                    deadLetter(pending[0], status: 413, type: "request_entity_too_large", reason: "a single record exceeds the node's limit")
+                    return true
+                }
+                let half = pending.count / 2
+                guard deliver(Array(pending[..<half]), stopping: stopping) else { return false }
+                return deliver(Array(pending[half...]), stopping: stopping)
+            case .success(let response) where response.status == 429 || response.status >= 500:
+                retryWhole(pending.count, because: "\(node): HTTP \(response.status)")
+            case .success(let response) where response.status >= 300:
+                if response.status == 400 {
+                    // The node refused the request as a whole: no retry can fix it.
+                    let reason = String(decoding: response.body.prefix(300), as: UTF8.self)
+                    for record in pending { deadLetter(record, status: 400, type: "bulk_request_rejected", reason: reason) }
+                    return true
+                }
+                retryWhole(pending.count, because: "\(node): HTTP \(response.status) (check credentials and URL)")
+            case .success(let response):
+                guard let items = BulkResponse.items(response.body, expected: pending.count) else {
+                    retryWhole(pending.count, because: "\(node): unreadable _bulk response")
+                    continue
+                }
+                var retry: [SpooledRecord] = []
+                var delivered = 0
+                for (record, item) in zip(pending, items) {
+                    switch item.status {
+                    case 200..<300, 409: delivered += 1
+                    case 429, 500...: retry.append(record)
+                    default: deadLetter(record, status: item.status, type: item.errorType ?? "rejected", reason: item.errorReason ?? "")
+                    }
+                }
+                count { counters in
+                    counters.shipped += delivered
+                    counters.retried += retry.count
+                    counters.lastSuccess = monotonicNanoseconds()
+                }
+                failures = retry.isEmpty ? 0 : failures + 1
+                pending = retry
+                if !pending.isEmpty { backoff() }
+            }
+        }
+        return true
+    }
+
+    private mutating func retryWhole(_ records: Int, because reason: String) {
+        if failures == 0 || failures % 10 == 0 { Log.warning("elasticsearch bulk failed (\(reason)); retrying \(records) record(s)") }
+        count { $0.retried += records }
+        failures += 1
+        nodeIndex += 1
+        client.disconnect()
+        backoff()
+    }
+
+    /// Capped exponential backoff with jitter (half to full of the step).
+    private func backoff() {
+        let step = min(Double(settings.retryMax), 100_000_000 * pow(2, Double(min(failures, 20))))
+        let jittered = step * (0.5 + Double.random(in: 0..<0.5))
+        usleep(UInt32(min(jittered / 1000, 60_000_000)))
+    }
+
+    private func headers(gzip: Bool) -> [(String, String)] {
+        var list = [("Content-Type", "application/x-ndjson")]
+        if gzip { list.append(("Content-Encoding", "gzip")) }
+        if let apiKey = settings.apiKey {
+            list.append(("Authorization", "ApiKey \(apiKey)"))
+        } else if let user = settings.username {
+            list.append(("Authorization", "Basic \(base64(Array("\(user):\(settings.password ?? "")".utf8)))"))
+        }
+        return list
+    }
+
+    private mutating func bulkBody(_ records: [SpooledRecord]) -> [UInt8] {
+        var ndjson: [UInt8] = []
+        ndjson.reserveCapacity(records.reduce(0) { $0 + $1.document.count + 120 })
+        for record in records {
+            ndjson += Array("{\"create\":{\"_index\":\"\(indexName(record.timestampMilliseconds))\",\"_id\":\"".utf8)
+            ndjson += record.id
+            ndjson += Array("\"}}\n".utf8)
+            ndjson += record.document
+            ndjson.append(0x0A)
+        }
+        var compressed = [UInt8](repeating: 0, count: tg_gzip_bound(ndjson.count))
+        let size = ndjson.withUnsafeBytes { input in
+            compressed.withUnsafeMutableBytes { tg_gzip(input.baseAddress, input.count, $0.baseAddress, $0.count) }
+        }
+        return size > 0 ? Array(compressed[0..<size]) : ndjson
+    }
+
+    /// `<index>-YYYY.MM.DD` in UTC, from the record's own timestamp.
+    private mutating func indexName(_ milliseconds: Int64) -> String {
+        let day = Int(milliseconds / 86_400_000)
+        if let cached = indexNames[day] { return cached }
+        let (year, month, dayOfMonth) = civilDate(daysSinceEpoch: day)
+        func two(_ n: Int) -> String { n < 10 ? "0\(n)" : "\(n)" }
+        let name = "\(settings.index)-\(year).\(two(month)).\(two(dayOfMonth))"
+        indexNames[day] = name
+        return name
+    }
+
+    private func deadLetter(_ record: SpooledRecord, status: Int, type: String, reason: String) {
+        var line = Array("{\"_id\":\"".utf8) + record.id + Array("\",\"status\":\(status),\"error\":{\"type\":".utf8)
+        line += jsonString(type) + Array(",\"reason\":".utf8) + jsonString(reason) + Array("},\"document\":".utf8)
+        line += record.document + Array("}\n".utf8)
+        let fd = open(settings.spool + "/dead-letter.ndjson", O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o600)
+        if fd >= 0 {
+            _ = try? writeAll(fd, line)
+            close(fd)
+        }
+        count { $0.deadLettered += 1 }
+        Log.warning("elasticsearch refused record \(String(decoding: record.id, as: UTF8.self)) (\(status) \(type)): dead-lettered")
+    }
+}
+
+/// Days since 1970-01-01 to a Gregorian date.
+func civilDate(daysSinceEpoch: Int) -> (Int, Int, Int) {
+    let z = daysSinceEpoch + 719_468
+    let era = (z >= 0 ? z : z - 146_096) / 146_097
+    let doe = z - era * 146_097
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100)
+    let mp = (5 * doy + 2) / 153
+    let day = doy - (153 * mp + 2) / 5 + 1
+    let month = mp < 10 ? mp + 3 : mp - 9
+    return (yoe + era * 400 + (month <= 2 ? 1 : 0), month, day)
+}
+
+func jsonString(_ text: String) -> [UInt8] {
+    var out: [UInt8] = [UInt8(ascii: "\"")]
+    for byte in text.utf8 {
+        switch byte {
+        case UInt8(ascii: "\""): out += [UInt8(ascii: "\\"), UInt8(ascii: "\"")]
+        case UInt8(ascii: "\\"): out += [UInt8(ascii: "\\"), UInt8(ascii: "\\")]
+        case 0..<0x20: out += Array("\\u00\(byte < 16 ? "0" : "")\(String(byte, radix: 16))".utf8)
+        default: out.append(byte)
+        }
+    }
+    out.append(UInt8(ascii: "\""))
+    return out
+}
+
+func base64(_ bytes: [UInt8]) -> String {
+    let table = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/".utf8)
+    var out: [UInt8] = []
+    var index = 0
+    while index < bytes.count {
+        let chunk = bytes[index..<min(index + 3, bytes.count)]
+        var value = 0
+        for (k, byte) in chunk.enumerated() { value |= Int(byte) << (16 - 8 * k) }
+        for k in 0..<4 {
+            out.append(k <= chunk.count ? table[(value >> (18 - 6 * k)) & 63] : UInt8(ascii: "="))
+        }
+        index += 3
+    }
+    return String(decoding: out, as: UTF8.self)
+}
