@@ -9,6 +9,7 @@ let package = Package(
     name: "Tollgate",
     products: [
         .executable(name: "tollgate", targets: ["tollgate"]),
+        .executable(name: "tollgate-bench", targets: ["tollgate-bench"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -29,7 +30,7 @@ let package = Package(
         // TLS toward agents and origins: ClientHello parsing, the CA and leaf minting, OpenSSL transports.
         .target(name: "TollgateTLS", dependencies: ["CTollgateShim", "TollgateIO"]),
         // Operators' rules in, decisions out: loading, validation, compiled matchers. Pure, no I/O on the decision path.
-        .target(name: "TollgatePolicy", dependencies: ["TollgateIO", "TollgateConfig"]),
+        .target(name: "TollgatePolicy", dependencies: ["TollgateIO", "TollgateConfig"], swiftSettings: hotPath),
         // Flow records to Elasticsearch: a crash-safe disk spool and a batching, retrying shipper off the loops.
         .target(name: "TollgateShipping", dependencies: ["CTollgateShim", "TollgateIO", "TollgateHTTP", "TollgateConfig"]),
         // The daemon: listeners, proxy sessions, upstream pool, flow records.
@@ -41,6 +42,9 @@ let package = Package(
             "TollgateProxy",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
+        // In-process benchmarks (bench/ runs them): policy evaluation, record encoding.
+        .executableTarget(name: "tollgate-bench", dependencies: ["TollgateProxy", "TollgatePolicy", "TollgateShipping"],
+                          swiftSettings: hotPath),
         .testTarget(name: "TollgateHTTPTests", dependencies: ["TollgateHTTP"]),
         .testTarget(name: "TollgateIOTests", dependencies: ["TollgateIO"]),
         .testTarget(name: "TollgatePolicyTests", dependencies: ["TollgatePolicy"]),

@@ -20,6 +20,13 @@ public enum AddressSafety {
     /// The class of an internal address, or nil for a global unicast one; `own` are Tollgate's
     /// own addresses (connecting there would loop).
     public static func internalClass(_ ip: IPAddress, own: Set<IPAddress> = []) -> String? {
+        // Fast path for the common case, a public IPv4 address that is not ours.
+        if ip.isV4, ip.withV4Octets({ a, b, _, _ in
+            !(a == 0 || a == 10 || a == 127 || a >= 224 || (a == 100 && b & 0xC0 == 64) || (a == 169 && b == 254)
+              || (a == 172 && b & 0xF0 == 16) || (a == 192 && b == 168))
+        }), own.isEmpty || !own.contains(ip) {
+            return nil
+        }
         let builtIn = (ip.isV4 ? v4Classes : v6Classes).first { $0.0.contains(ip) }?.1
         // Loopback and unspecified say more than "ours"; any other own address is a loop.
         if builtIn != "loopback" && builtIn != "unspecified" && own.contains(ip) { return "tollgate" }

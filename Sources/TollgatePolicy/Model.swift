@@ -92,8 +92,9 @@ public struct PathGlob: Sendable, Equatable, CustomStringConvertible {
     public var description: String { pattern }
 }
 
-/// One rule, as written by an operator.
-public struct Rule: Sendable {
+/// One rule, as written by an operator. A class: evaluation touches many rules per decision
+/// and must not copy (retain) every field of each.
+public final class Rule: Sendable {
     public let name: String
     public let location: SourceLocation
     /// Agent and group names; `*` means every agent.
@@ -107,6 +108,20 @@ public struct Rule: Sendable {
     public let mode: RuleMode
     /// The rule may reach internal addresses it names explicitly (loopback, RFC 1918...).
     public let allowInternal: Bool
+
+    public init(name: String, location: SourceLocation, agents: [String], hosts: [HostPattern]?, ports: [UInt16]?,
+                methods: [String]?, paths: [PathGlob]?, action: RuleAction, mode: RuleMode, allowInternal: Bool) {
+        self.name = name
+        self.location = location
+        self.agents = agents
+        self.hosts = hosts
+        self.ports = ports
+        self.methods = methods
+        self.paths = paths
+        self.action = action
+        self.mode = mode
+        self.allowInternal = allowInternal
+    }
 
     /// True when the rule also looks at the request (method or path), so only HTTP can decide it.
     public var hasRequestMatchers: Bool { methods != nil || paths != nil }

@@ -98,8 +98,8 @@ public final class Policy: Sendable {
             var addedNetwork = false
             for host in hosts {
                 switch host {
-                case .exact(let name): appendOnce(&exact[hostHash(name.utf8), default: []], id)
-                case .suffix(let suffix): appendOnce(&suffixes[hostHash(suffix.utf8), default: []], id)
+                case .exact(let name): appendOnce(&exact[hostHash(name), default: []], id)
+                case .suffix(let suffix): appendOnce(&suffixes[hostHash(suffix), default: []], id)
                 case .network: if !addedNetwork { networks.append(id); addedNetwork = true }
                 }
             }
@@ -169,16 +169,19 @@ public final class Policy: Sendable {
     public func requestDecision(agent: Int?, host: String?, ip: IPAddress, port: UInt16, method: String, path: String) -> Decision {
         guard enforcing else { return Decision(verdict: .allow, ruleIndex: nil, reason: "no_rules") }
         guard let agent else { return Decision(verdict: .deny, ruleIndex: nil, reason: "unknown_agent") }
-        var pathOnly = Substring(path)
-        if let query = pathOnly.firstIndex(where: { $0 == "?" || $0 == "#" }) { pathOnly = pathOnly[..<query] }
         func search(_ bytes: UnsafeBufferPointer<UInt8>) -> (index: Int, byName: Bool)? {
-            firstRule(agent: agent, host: host, ip: ip, port: port) { rule, _ in
+            // Paths match without the query string or fragment.
+            var end = 0
+            while end < bytes.count && bytes[end] != UInt8(ascii: "?") && bytes[end] != UInt8(ascii: "#") { end += 1 }
+            let pathOnly = UnsafeBufferPointer(rebasing: bytes[..<end])
+            return firstRule(agent: agent, host: host, ip: ip, port: port) { rule, _ in
                 if let methods = rule.methods, !methods.contains(method) { return false }
-                if let paths = rule.paths, !paths.contains(where: { $0.matches(bytes) }) { return false }
+                if let paths = rule.paths, !paths.contains(where: { $0.matches(pathOnly) }) { return false }
                 return true
             }
         }
-        let found = pathOnly.utf8.withContiguousStorageIfAvailable(search) ?? Array(pathOnly.utf8).withUnsafeBufferPointer(search)
+        var path = path
+        let found = path.withUTF8(search)
         guard let (index, byName) = found else { return Decision(verdict: .deny, ruleIndex: nil, reason: "default_deny") }
         let rule = rules[index]
         if rule.mode == .report {
@@ -226,11 +229,17 @@ public final class Policy: Sendable {
             }
         }
         if let host {
-            var utf8 = host.utf8[...]
-            scan(exactHosts[hostHash(utf8)], byName: true)
-            while let dot = utf8.dropFirst().firstIndex(of: UInt8(ascii: ".")) {
-                utf8 = utf8[dot...]
-                scan(hostSuffixes[hostHash(utf8)], byName: true)
+            var host = host
+            host.withUTF8 { bytes in
+                scan(exactHosts[hostHash(bytes)], byName: true)
+                // Every proper suffix starting at a dot: "a.b.example.com" -> ".b.example.com", ".example.com", ".com".
+                var index = 1
+                while index < bytes.count {
+                    if bytes[index] == UInt8(ascii: ".") {
+                        scan(hostSuffixes[hostHash(UnsafeBufferPointer(rebasing: bytes[index...]))], byName: true)
+                    }
+                    index += 1
+                }
             }
         }
         scan(networkRules, byAddress: true)
@@ -261,8 +270,13 @@ private func appendOnce(_ list: inout [Int32], _ id: Int32) {
 }
 
 /// FNV-1a over the host bytes: the index key, so lookups of a host's suffixes need no String.
-func hostHash<C: Collection>(_ bytes: C) -> UInt64 where C.Element == UInt8 {
+func hostHash(_ bytes: UnsafeBufferPointer<UInt8>) -> UInt64 {
     var state: UInt64 = 0xcbf2_9ce4_8422_2325
     for byte in bytes { state = (state ^ UInt64(byte)) &* 0x100_0000_01b3 }
     return state
+}
+
+func hostHash(_ text: String) -> UInt64 {
+    var text = text
+    return text.withUTF8 { hostHash($0) }
 }

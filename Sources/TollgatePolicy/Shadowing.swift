@@ -3,14 +3,53 @@ import TollgateConfig
 /// Finds rules that can never match because an earlier rule already matches everything they
 /// would (same or wider agents, hosts, ports, methods and paths).
 enum Shadowing {
+    /// Only earlier rules that could cover a rule's first host are compared with it (found
+    /// through the same kind of host index the policy uses), so this stays near-linear.
     static func warnings(for rules: [Rule]) -> [ConfigError] {
         var warnings: [ConfigError] = []
+        var exact: [String: [Int]] = [:], suffixes: [String: [Int]] = [:]
+        var anyHost: [Int] = [], networks: [Int] = []
         for (index, later) in rules.enumerated() {
-            guard let earlier = rules[..<index].first(where: { $0.mode == .enforce && covers($0, later) }) else { continue }
-            warnings.append(ConfigError(file: later.location.file, line: later.location.line, column: later.location.column,
-                                        message: "warning: rule '\(later.name)' can never match: rule '\(earlier.name)' at \(earlier.location) matches everything it would"))
+            var candidates = anyHost
+            switch later.hosts?.first {
+            case .exact(let name)?:
+                candidates += exact[name] ?? []
+                candidates += coveringSuffixes(of: name).flatMap { suffixes[$0] ?? [] }
+            case .suffix(let suffix)?:
+                candidates += coveringSuffixes(of: String(suffix.dropFirst())).flatMap { suffixes[$0] ?? [] }
+                candidates += suffixes[suffix] ?? []
+            case .network?:
+                candidates += networks
+            case nil:
+                break
+            }
+            candidates.sort()
+            if let earlier = candidates.lazy.map({ rules[$0] }).first(where: { $0.mode == .enforce && covers($0, later) }) {
+                warnings.append(ConfigError(file: later.location.file, line: later.location.line, column: later.location.column,
+                                            message: "warning: rule '\(later.name)' can never match: rule '\(earlier.name)' at \(earlier.location) matches everything it would"))
+            }
+            guard let hosts = later.hosts else { anyHost.append(index); continue }
+            for host in hosts {
+                switch host {
+                case .exact(let name): exact[name, default: []].append(index)
+                case .suffix(let suffix): suffixes[suffix, default: []].append(index)
+                case .network: if networks.last != index { networks.append(index) }
+                }
+            }
         }
         return warnings
+    }
+
+    /// ".b.c" and ".c" for "a.b.c": the suffix patterns that match the name.
+    private static func coveringSuffixes(of name: String) -> [String] {
+        var result: [String] = []
+        var rest = Substring(name)
+        while let dot = rest.firstIndex(of: ".") {
+            rest = rest[dot...]
+            result.append(String(rest))
+            rest = rest.dropFirst()
+        }
+        return result
     }
 
     private static func covers(_ a: Rule, _ b: Rule) -> Bool {

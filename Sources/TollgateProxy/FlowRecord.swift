@@ -28,8 +28,8 @@ public struct FlowRecord {
     /// Already redacted.
     public var urlQuery: String?
     /// Heads as parsed; written with secret values redacted.
-    var requestHeaders: Headers?
-    var responseHeaders: Headers?
+    public var requestHeaders: Headers?
+    public var responseHeaders: Headers?
     public var httpVersion: String?
     public var method: String?
     public var requestBodyBytes: Int?
@@ -68,13 +68,17 @@ public struct FlowRecord {
     }
 
     /// Who wrote the record (ECS `observer`).
-    struct Observer: Sendable {
+    public struct Observer: Sendable {
         let hostname: String
         let version: String
+        public init(hostname: String, version: String) {
+            self.hostname = hostname
+            self.version = version
+        }
     }
 
     /// Appends the record as one JSON line; `id` becomes `event.id` (and the Elasticsearch `_id`).
-    func encode(into out: inout JSONWriter, id: String, observer: Observer, redaction: Redaction) {
+    public func encode(into out: inout JSONWriter, id: String, observer: Observer, redaction: Redaction) {
         out.beginObject()
         out.key("@timestamp"); out.timestamp(milliseconds: timestampMilliseconds)
         out.object("event") { w in

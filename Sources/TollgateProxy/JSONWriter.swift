@@ -94,6 +94,44 @@ public struct JSONWriter {
         needsComma = true
     }
 
+    /// A key given as bytes that need no escaping (HTTP header names are tokens), lower-cased.
+    public mutating func lowercasedTokenKey<C: Collection>(_ name: C) where C.Element == UInt8 {
+        separator()
+        bytes.append(UInt8(ascii: "\""))
+        for byte in name { bytes.append(byte >= 0x41 && byte <= 0x5A ? byte | 0x20 : byte) }
+        bytes.append(contentsOf: [UInt8(ascii: "\""), UInt8(ascii: ":")])
+        needsComma = false
+    }
+
+    /// A string value from raw bytes (escaped as needed), without making a String.
+    public mutating func stringValue<C: Collection>(bytes value: C) where C.Element == UInt8 {
+        bytes.append(UInt8(ascii: "\""))
+        for byte in value { appendEscaped(byte) }
+        bytes.append(UInt8(ascii: "\""))
+        needsComma = true
+    }
+
+    /// Raw bytes appended inside an open string value (after `openString`).
+    public mutating func openString() { bytes.append(UInt8(ascii: "\"")) }
+    public mutating func appendEscaped<C: Collection>(contentsOf value: C) where C.Element == UInt8 { for byte in value { appendEscaped(byte) } }
+    public mutating func closeString() { bytes.append(UInt8(ascii: "\"")); needsComma = true }
+
+    @inline(__always)
+    private mutating func appendEscaped(_ byte: UInt8) {
+        switch byte {
+        case UInt8(ascii: "\""): appendASCII("\\\"")
+        case UInt8(ascii: "\\"): appendASCII("\\\\")
+        case 0x0A: appendASCII("\\n")
+        case 0x0D: appendASCII("\\r")
+        case 0x09: appendASCII("\\t")
+        case 0..<0x20, 0x7F:
+            appendASCII("\\u00")
+            bytes.append(hexDigit(byte >> 4))
+            bytes.append(hexDigit(byte & 0xF))
+        default: bytes.append(byte)
+        }
+    }
+
     public mutating func string(_ value: String) {
         bytes.append(UInt8(ascii: "\""))
         // Most values need no escaping: append them in one go.

@@ -1,20 +1,19 @@
 import TollgateHTTP
 
 /// Keeps secrets out of records: header values by name, query parameters by a name pattern.
-struct Redaction: Sendable {
+public struct Redaction: Sendable {
     static let marker = "[redacted]"
     private static let builtInHeaders = ["authorization", "proxy-authorization", "cookie", "set-cookie", "x-vault-token",
                                          "x-api-key", "api-key"]
     /// Substrings that make a query parameter secret (matched case-insensitively).
     private static let secretParameterParts = ["token", "key", "secret", "password", "passwd", "auth", "signature", "sig",
                                                "credential", "session"]
-    private let headerNames: Set<String>
+    /// Lower-case names of headers whose values are never recorded.
+    private let secretHeaderBytes: [[UInt8]]
 
-    init(extraHeaders: [String]) {
-        headerNames = Set(Self.builtInHeaders + extraHeaders.map { $0.lowercased() })
+    public init(extraHeaders: [String]) {
+        secretHeaderBytes = Array(Set(Self.builtInHeaders + extraHeaders.map { $0.lowercased() })).map { Array($0.utf8) }
     }
-
-    func isSecretHeader(_ lowercasedName: String) -> Bool { headerNames.contains(lowercasedName) }
 
     /// The query with the values of secret-looking parameters replaced.
     static func query(_ query: Substring) -> String {
@@ -26,23 +25,40 @@ struct Redaction: Sendable {
         }.joined(separator: "&")
     }
 
-    /// Writes headers as an object of lower-case names to values (repeated fields comma-joined).
+    /// Writes headers as an object of lower-case names to values (repeated fields comma-joined),
+    /// straight from the head's bytes.
     func write(_ headers: Headers, into out: inout JSONWriter) {
-        var names: [String] = []
-        names.reserveCapacity(headers.fields.count)
-        for field in headers.fields { names.append(String(decoding: headers.name(field), as: UTF8.self).lowercased()) }
         out.beginObject()
-        for (index, name) in names.enumerated() where !names[..<index].contains(name) {
-            if isSecretHeader(name) {
-                out.field(name, Self.marker)
+        let fields = headers.fields
+        for index in fields.indices {
+            let name = headers.name(fields[index])
+            if fields[..<index].contains(where: { sameName(headers.name($0), name) }) { continue }
+            out.lowercasedTokenKey(name)
+            if isSecret(name) {
+                out.stringValue(bytes: Self.markerBytes)
                 continue
             }
-            var value = String(decoding: headers.value(headers.fields[index]), as: UTF8.self)
-            for later in (index + 1)..<names.count where names[later] == name {
-                value += ", " + String(decoding: headers.value(headers.fields[later]), as: UTF8.self)
+            out.openString()
+            out.appendEscaped(contentsOf: headers.value(fields[index]))
+            for later in fields[(index + 1)...] where sameName(headers.name(later), name) {
+                out.appendEscaped(contentsOf: Self.separator)
+                out.appendEscaped(contentsOf: headers.value(later))
             }
-            out.field(name, value)
+            out.closeString()
         }
         out.endObject()
+    }
+
+    private static let markerBytes = Array(marker.utf8)
+    private static let separator = Array(", ".utf8)
+
+    private func isSecret(_ name: ArraySlice<UInt8>) -> Bool {
+        secretHeaderBytes.contains { sameName($0[...], name) }
+    }
+
+    private func sameName(_ a: ArraySlice<UInt8>, _ b: ArraySlice<UInt8>) -> Bool {
+        guard a.count == b.count else { return false }
+        for (x, y) in zip(a, b) where x | 0x20 != y | 0x20 { return false }
+        return true
     }
 }

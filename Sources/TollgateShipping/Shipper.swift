@@ -190,13 +190,14 @@ private struct Sender {
     let client: HTTPClient
     var nodeIndex = 0
     var failures = 0
-    var indexNames: [Int: String] = [:]
+    var encoder: BulkEncoder
 
     init(shipper: Shipper, settings: ElasticsearchSettings, nodes: [Node], client: HTTPClient) {
         self.shipper = shipper
         self.settings = settings
         self.nodes = nodes
         self.client = client
+        encoder = BulkEncoder(index: settings.index)
     }
 
     /// Runs `body` on the shipper's counters.
@@ -208,7 +209,7 @@ private struct Sender {
         while !pending.isEmpty {
             if stopping.load(ordering: .acquiring) { return false }
             let node = nodes[nodeIndex % nodes.count]
-            let body = bulkBody(pending)
+            let body = encoder.encode(pending)
             let outcome: Result<(status: Int, body: [UInt8]), ClientError>
             do {
                 outcome = .success(try client.send(node: node, index: nodeIndex % nodes.count, method: "POST", path: "/_bulk",
@@ -292,34 +293,6 @@ private struct Sender {
         return list
     }
 
-    private mutating func bulkBody(_ records: [SpooledRecord]) -> [UInt8] {
-        var ndjson: [UInt8] = []
-        ndjson.reserveCapacity(records.reduce(0) { $0 + $1.document.count + 120 })
-        for record in records {
-            ndjson += Array("{\"create\":{\"_index\":\"\(indexName(record.timestampMilliseconds))\",\"_id\":\"".utf8)
-            ndjson += record.id
-            ndjson += Array("\"}}\n".utf8)
-            ndjson += record.document
-            ndjson.append(0x0A)
-        }
-        var compressed = [UInt8](repeating: 0, count: tg_gzip_bound(ndjson.count))
-        let size = ndjson.withUnsafeBytes { input in
-            compressed.withUnsafeMutableBytes { tg_gzip(input.baseAddress, input.count, $0.baseAddress, $0.count) }
-        }
-        return size > 0 ? Array(compressed[0..<size]) : ndjson
-    }
-
-    /// `<index>-YYYY.MM.DD` in UTC, from the record's own timestamp.
-    private mutating func indexName(_ milliseconds: Int64) -> String {
-        let day = Int(milliseconds / 86_400_000)
-        if let cached = indexNames[day] { return cached }
-        let (year, month, dayOfMonth) = civilDate(daysSinceEpoch: day)
-        func two(_ n: Int) -> String { n < 10 ? "0\(n)" : "\(n)" }
-        let name = "\(settings.index)-\(year).\(two(month)).\(two(dayOfMonth))"
-        indexNames[day] = name
-        return name
-    }
-
     private func deadLetter(_ record: SpooledRecord, status: Int, type: String, reason: String) {
         var line = Array("{\"_id\":\"".utf8) + record.id + Array("\",\"status\":\(status),\"error\":{\"type\":".utf8)
         line += jsonString(type) + Array(",\"reason\":".utf8) + jsonString(reason) + Array("},\"document\":".utf8)
@@ -375,4 +348,43 @@ func base64(_ bytes: [UInt8]) -> String {
         index += 3
     }
     return String(decoding: out, as: UTF8.self)
+}
+
+/// Builds gzip-compressed `_bulk` bodies: a `create` action with the record's own `_id` and its
+/// daily index, then the document, each line ending in a newline.
+public struct BulkEncoder {
+    let index: String
+    private var indexNames: [Int: String] = [:]
+    private var ndjson: [UInt8] = []
+
+    public init(index: String) { self.index = index }
+
+    public mutating func encode(_ records: [SpooledRecord]) -> [UInt8] {
+        ndjson.removeAll(keepingCapacity: true)
+        for record in records {
+            ndjson += Array("{\"create\":{\"_index\":\"".utf8)
+            ndjson += Array(indexName(record.timestampMilliseconds).utf8)
+            ndjson += Array("\",\"_id\":\"".utf8)
+            ndjson += record.id
+            ndjson += Array("\"}}\n".utf8)
+            ndjson += record.document
+            ndjson.append(0x0A)
+        }
+        var compressed = [UInt8](repeating: 0, count: tg_gzip_bound(ndjson.count))
+        let size = ndjson.withUnsafeBytes { input in
+            compressed.withUnsafeMutableBytes { tg_gzip(input.baseAddress, input.count, $0.baseAddress, $0.count) }
+        }
+        return size > 0 ? Array(compressed[0..<size]) : ndjson
+    }
+
+    /// `<index>-YYYY.MM.DD` in UTC, from the record's own timestamp.
+    private mutating func indexName(_ milliseconds: Int64) -> String {
+        let day = Int(milliseconds / 86_400_000)
+        if let cached = indexNames[day] { return cached }
+        let (year, month, dayOfMonth) = civilDate(daysSinceEpoch: day)
+        func two(_ n: Int) -> String { n < 10 ? "0\(n)" : "\(n)" }
+        let name = "\(index)-\(year).\(two(month)).\(two(dayOfMonth))"
+        indexNames[day] = name
+        return name
+    }
 }

@@ -77,7 +77,10 @@ public final class Spool: Sendable {
         bytes.reserveCapacity(records.reduce(0) { $0 + $1.encodedSize })
         for record in records { Self.encode(record, into: &bytes) }
         try state.withLock { (state) throws(SystemError) in
-            if state.activeFD < 0 || state.segments[state.active, default: 0] >= Self.segmentBytes {
+            let activeSize = state.segments[state.active, default: 0]
+            // Roll when the segment is big, or when all of it is acknowledged and worth freeing:
+            // the next acknowledgement then deletes it.
+            if state.activeFD < 0 || activeSize >= Self.segmentBytes || (state.acked >= state.end && activeSize >= 64 << 10) {
                 try roll(&state)
             }
             try writeAll(state.activeFD, bytes)

@@ -1,0 +1,136 @@
+// tollgate-bench: in-process benchmarks (policy evaluation, record encoding and batching).
+// Figures, not tests: run through bench/*.sh, which also records the command and machine.
+import TollgateHTTP
+import TollgateIO
+import TollgatePolicy
+import TollgateProxy
+import TollgateShipping
+
+/// Median of per-call nanoseconds over `batches` timed batches of `perBatch` calls.
+func medianNanoseconds(batches: Int, perBatch: Int, _ body: (Int) -> Void) -> Double {
+    var samples: [Double] = []
+    samples.reserveCapacity(batches)
+    var i = 0
+    for _ in 0..<batches {
+        let start = monotonicNanoseconds()
+        for _ in 0..<perBatch { body(i); i &+= 1 }
+        samples.append(Double(monotonicNanoseconds() - start) / Double(perBatch))
+    }
+    samples.sort()
+    return samples[samples.count / 2]
+}
+
+/// A rule set of `ruleCount` exact-host rules spread over `agentCount` agents in 10 groups.
+func makePolicy(ruleCount: Int, agentCount: Int) -> Policy {
+    var agents = "agents:\n"
+    for a in 0..<agentCount {
+        agents += "  agent-\(a): { sources: [\"10.\((a >> 8) & 255).\(a & 255).1\"], groups: [g\(a % 10)] }\n"
+    }
+    var rules = "rules:\n"
+    for r in 0..<ruleCount {
+        let who = r % 3 == 0 ? "[\"*\"]" : (r % 3 == 1 ? "[g\(r % 10)]" : "[agent-\(r % agentCount)]")
+        rules += "  - { name: r\(r), agents: \(who), hosts: [\"host\(r).example.com\", \"*.svc\(r).example.net\"], ports: [443], methods: [GET, POST], paths: [\"/api/*\"], action: allow }\n"
+    }
+    let source = RuleLoader.parse(files: [("bench/agents.yaml", agents), ("bench/rules.yaml", rules)])
+    precondition(source.errors.isEmpty, "\(source.errors.prefix(3))")
+    return Policy(source: source, loadedAt: 0)
+}
+
+func benchPolicy() {
+    print("| rules | agents | median ns / request decision (exact host) | median ns (suffix host) | median ns (default deny) |")
+    print("|---:|---:|---:|---:|---:|")
+    let ip = IPAddress(parsing: "203.0.113.10")!
+    for ruleCount in [100, 1_000, 10_000] {
+        let policy = makePolicy(ruleCount: ruleCount, agentCount: 1_000)
+        let hosts = (0..<1024).map { "host\(($0 * 7919) % ruleCount).example.com" }
+        let suffixHosts = (0..<1024).map { "a.b.svc\(($0 * 7919) % ruleCount).example.net" }
+        var sink = 0
+        let exact = medianNanoseconds(batches: 2000, perBatch: 500) { i in
+            let d = policy.requestDecision(agent: i % 1000, host: hosts[i & 1023], ip: ip, port: 443, method: "GET", path: "/api/v1/items")
+            sink &+= d.ruleIndex ?? -1
+        }
+        let suffix = medianNanoseconds(batches: 2000, perBatch: 500) { i in
+            let d = policy.requestDecision(agent: i % 1000, host: suffixHosts[i & 1023], ip: ip, port: 443, method: "GET", path: "/api/x")
+            sink &+= d.ruleIndex ?? -1
+        }
+        let miss = medianNanoseconds(batches: 2000, perBatch: 500) { i in
+            let d = policy.requestDecision(agent: i % 1000, host: "unknown.example.org", ip: ip, port: 443, method: "GET", path: "/")
+            sink &+= d.ruleIndex ?? -1
+        }
+        print("| \(ruleCount) | 1000 | \(fmt(exact)) | \(fmt(suffix)) | \(fmt(miss)) |")
+        if sink == 42 { print("") }
+    }
+}
+
+func benchRecords() {
+    let head = Array("GET /v1/models?api_key=abc HTTP/1.1\r\nHost: api.example.com\r\nUser-Agent: agent/1.0\r\nAuthorization: Bearer x\r\nAccept: */*\r\n\r\n".utf8)
+    let request = head.withUnsafeBytes { try! HeadParser.parseRequest($0, length: $0.count, limits: HeadLimits()) }
+    var record = FlowRecord(start: wallClockMilliseconds(), action: .httpRequest, source: SocketAddress(parsing: "10.99.0.2:40000")!,
+                            networkProtocol: "http", agent: "worker-1", mode: "transparent")
+    record.method = "GET"
+    record.urlFull = "https://api.example.com/v1/models?api_key=[redacted]"
+    record.urlDomain = "api.example.com"
+    record.urlPath = "/v1/models"
+    record.statusCode = 200
+    record.requestBodyBytes = 0
+    record.responseBodyBytes = 1024
+    record.destinationIP = IPAddress(parsing: "203.0.113.10")
+    record.destinationPort = 443
+    record.requestHeaders = request.headers
+    record.decision = "allow"
+    record.ruleName = "model-apis"
+    let observer = FlowRecord.Observer(hostname: "orchestrator", version: "0.1.0")
+    let redaction = Redaction(extraHeaders: [])
+    let count = 400_000
+    var writer = JSONWriter()
+    var encoder = BulkEncoder(index: "autocode-traffic")
+    var batch: [SpooledRecord] = []
+    batch.reserveCapacity(5000)
+    var bytesOut = 0
+    let id = Array("0123456789abcdef0123456789abcdef".utf8)
+    var time = clockSeconds()
+    for _ in 0..<count {
+        writer.reset()
+        record.encode(into: &writer, id: "0123456789abcdef0123456789abcdef", observer: observer, redaction: redaction)
+        batch.append(SpooledRecord(timestampMilliseconds: record.timestampMilliseconds, id: id, document: writer.bytes))
+        if batch.count == 5000 {
+            bytesOut += encoder.encode(batch).count
+            batch.removeAll(keepingCapacity: true)
+        }
+    }
+    time = clockSeconds() - time
+    let encodeOnly = { () -> Double in
+        let t0 = clockSeconds()
+        for _ in 0..<count {
+            writer.reset()
+            record.encode(into: &writer, id: "0123456789abcdef0123456789abcdef", observer: observer, redaction: redaction)
+        }
+        return clockSeconds() - t0
+    }()
+    print("| stage | records | thread CPU seconds | records / s (one core) |")
+    print("|---|---:|---:|---:|")
+    print("| encode to ECS JSON | \(count) | \(fmt(encodeOnly)) | \(Int(Double(count) / encodeOnly)) |")
+    print("| encode + _bulk NDJSON batches of 5000 + gzip | \(count) | \(fmt(time)) | \(Int(Double(count) / time)) |")
+    print("(compressed output \(bytesOut / 1024) KiB)")
+}
+
+/// CPU time of this thread, in seconds (the benchmarks are single-threaded).
+func clockSeconds() -> Double {
+    var ts = timespec()
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts)
+    return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
+}
+
+func fmt(_ value: Double) -> String {
+    let scaled = (value * 100).rounded() / 100
+    return "\(scaled)"
+}
+
+switch CommandLine.arguments.dropFirst().first {
+case "policy": benchPolicy()
+case "records": benchRecords()
+default:
+    print("usage: tollgate-bench policy|records")
+}
+
+import Glibc
