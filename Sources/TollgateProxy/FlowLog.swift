@@ -183,14 +183,3 @@ func ensureParentDirectory(of path: String) {
     guard let slash = path.lastIndex(of: "/"), slash != path.startIndex else { return }
     _ = mkdir(String(path[..<slash]), 0o750)
 }
-
-/// The inverse of `civilDate`.
-func daysSinceEpoch(year: Int, month: Int, day: Int) -> Int {
-    let y = month <= 2 ? year - 1 : year
-    let era = (y >= 0 ? y : y - 399) / 400
-    let yoe = y - era * 400
-    let mp = (month + 9) % 12
-    let doy = (153 * mp + 2) / 5 + day - 1
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy
-    return era * 146_097 + doe - 719_468
-}

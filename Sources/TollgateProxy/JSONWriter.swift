@@ -143,25 +143,9 @@ public struct JSONWriter {
             bytes.append(contentsOf: utf8)
             return true
         }
-        if clean {
-            bytes.append(UInt8(ascii: "\""))
-            return
-        }
-        for byte in value.utf8 {
-            switch byte {
-            case UInt8(ascii: "\""): appendASCII("\\\"")
-            case UInt8(ascii: "\\"): appendASCII("\\\\")
-            case 0x0A: appendASCII("\\n")
-            case 0x0D: appendASCII("\\r")
-            case 0x09: appendASCII("\\t")
-            case 0..<0x20, 0x7F:
-                appendASCII("\\u00")
-                bytes.append(hexDigit(byte >> 4))
-                bytes.append(hexDigit(byte & 0xF))
-            default: bytes.append(byte)
-            }
-        }
+        if !clean { value.withUTF8 { for byte in $0 { appendEscaped(byte) } } }
         bytes.append(UInt8(ascii: "\""))
+        needsComma = true
     }
 
     private mutating func separator() { if needsComma { bytes.append(UInt8(ascii: ",")) } }
@@ -188,17 +172,4 @@ public struct JSONWriter {
     }
 
     private func hexDigit(_ v: UInt8) -> UInt8 { v < 10 ? 0x30 + v : 0x61 + v - 10 }
-}
-
-/// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm).
-func civilDate(daysSinceEpoch: Int) -> (year: Int, month: Int, day: Int) {
-    let z = daysSinceEpoch + 719_468
-    let era = (z >= 0 ? z : z - 146_096) / 146_097
-    let doe = z - era * 146_097
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100)
-    let mp = (5 * doy + 2) / 153
-    let day = doy - (153 * mp + 2) / 5 + 1
-    let month = mp < 10 ? mp + 3 : mp - 9
-    return (yoe + era * 400 + (month <= 2 ? 1 : 0), month, day)
 }

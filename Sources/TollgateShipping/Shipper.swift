@@ -307,19 +307,6 @@ private struct Sender {
     }
 }
 
-/// Days since 1970-01-01 to a Gregorian date.
-func civilDate(daysSinceEpoch: Int) -> (Int, Int, Int) {
-    let z = daysSinceEpoch + 719_468
-    let era = (z >= 0 ? z : z - 146_096) / 146_097
-    let doe = z - era * 146_097
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100)
-    let mp = (5 * doy + 2) / 153
-    let day = doy - (153 * mp + 2) / 5 + 1
-    let month = mp < 10 ? mp + 3 : mp - 9
-    return (yoe + era * 400 + (month <= 2 ? 1 : 0), month, day)
-}
-
 func jsonString(_ text: String) -> [UInt8] {
     var out: [UInt8] = [UInt8(ascii: "\"")]
     for byte in text.utf8 {
