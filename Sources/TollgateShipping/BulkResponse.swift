@@ -8,6 +8,22 @@ struct BulkItemResult: Sendable {
 }
 
 enum BulkResponse {
+    /// `"errors": false` near the start of the answer: every item succeeded, nothing to inspect.
+    static func reportsNoErrors(_ body: [UInt8]) -> Bool {
+        let window = Array(body.prefix(512))
+        let key = Array("\"errors\"".utf8), value = Array("false".utf8)
+        var start = 0
+        while start + key.count <= window.count {
+            if window[start..<(start + key.count)].elementsEqual(key) {
+                var i = start + key.count
+                while i < window.count && (window[i] == 0x20 || window[i] == UInt8(ascii: ":")) { i += 1 }
+                return i + value.count <= window.count && window[i..<(i + value.count)].elementsEqual(value)
+            }
+            start += 1
+        }
+        return false
+    }
+
     /// The per-item results of a 2xx `_bulk` answer, or nil when the body is not the documented
     /// shape (then the whole request is retried: never acknowledge on a guess).
     static func items(_ body: [UInt8], expected: Int) -> [BulkItemResult]? {

@@ -2,41 +2,20 @@ import TollgateConfig
 import TollgateIO
 
 /// The index template and ILM policy for flow records: explicit ECS mappings for every field
-/// Tollgate writes. `tollgate es template` prints them; deploy/elasticsearch/ holds the same JSON.
+/// Tollgate writes. `tollgate es template` prints them; deploy/elasticsearch/ holds the same JSON
+/// (a test keeps the two identical).
 public enum IndexSetup {
     public static let templateName = "tollgate-traffic"
     public static let policyName = "tollgate-traffic"
 
     public static func policy(retentionDays: Int) -> String {
-        """
-        {"policy":{"phases":{"hot":{"min_age":"0ms","actions":{}},"delete":{"min_age":"\(retentionDays)d","actions":{"delete":{}}}}}}
-        """
+        #"{"policy":{"_meta":{"description":"Tollgate flow records: delete daily indices \#(retentionDays) days after creation","managed_by":"tollgate"},"phases":{"hot":{"min_age":"0ms","actions":{}},"delete":{"min_age":"\#(retentionDays)d","actions":{"delete":{}}}}}}"#
     }
 
+    /// The composable template (the JSON in deploy/elasticsearch/index-template.json, with the
+    /// configured index prefix): explicit mappings for every field, keywords for later additions.
     public static func template(index: String) -> String {
-        func keyword(_ names: [String]) -> String { names.map { "\"\($0)\":{\"type\":\"keyword\",\"ignore_above\":1024}" }.joined(separator: ",") }
-        func long(_ names: [String]) -> String { names.map { "\"\($0)\":{\"type\":\"long\"}" }.joined(separator: ",") }
-        return """
-        {"index_patterns":["\(index)-*"],"priority":250,"template":{"settings":{"index.lifecycle.name":"\(policyName)"},\
-        "mappings":{"dynamic":true,"properties":{\
-        "@timestamp":{"type":"date"},\
-        "event":{"properties":{\(keyword(["kind", "category", "type", "action", "outcome", "reason", "id"])),\(long(["duration"]))}},\
-        "observer":{"properties":{\(keyword(["type", "product", "vendor", "version", "hostname"]))}},\
-        "source":{"properties":{"ip":{"type":"ip"},\(long(["port", "bytes"]))}},\
-        "destination":{"properties":{"ip":{"type":"ip"},\(long(["port", "bytes"])),\(keyword(["domain"]))}},\
-        "network":{"properties":{\(keyword(["transport", "protocol"]))}},\
-        "url":{"properties":{"full":{"type":"wildcard"},\(keyword(["domain", "path", "query", "scheme"]))}},\
-        "http":{"properties":{\(keyword(["version"])),\
-        "request":{"properties":{\(keyword(["method"])),"body":{"properties":{\(long(["bytes"]))}},"headers":{"type":"flattened"}}},\
-        "response":{"properties":{\(long(["status_code"])),"body":{"properties":{\(long(["bytes"]))}},"headers":{"type":"flattened"}}}}},\
-        "user_agent":{"properties":{\(keyword(["original"]))}},\
-        "tls":{"properties":{\(keyword(["version", "version_protocol", "cipher"])),"established":{"type":"boolean"},\
-        "client":{"properties":{\(keyword(["server_name"]))}}}},\
-        "rule":{"properties":{\(keyword(["id", "name", "ruleset"]))}},\
-        "error":{"properties":{\(keyword(["type"])),"message":{"type":"text"}}},\
-        "tollgate":{"properties":{\(keyword(["agent", "mode", "tls", "decision"])),"upstream_reused":{"type":"boolean"}}}\
-        }}}}
-        """
+        #"{"index_patterns":["\#(index)-*"],"priority":250,"_meta":{"description":"Tollgate flow records (ECS); one document per HTTP exchange, tunnel, TCP relay, denial or TLS failure","managed_by":"tollgate"},"template":{"settings":{"index.lifecycle.name":"tollgate-traffic","index.number_of_shards":1,"index.refresh_interval":"5s"},"mappings":{"dynamic":true,"date_detection":false,"dynamic_templates":[{"tollgate_strings_as_keywords":{"path_match":"tollgate.*","match_mapping_type":"string","mapping":{"type":"keyword","ignore_above":1024}}},{"strings_as_keywords":{"match_mapping_type":"string","mapping":{"type":"keyword","ignore_above":1024}}}],"properties":{"@timestamp":{"type":"date"},"event":{"properties":{"kind":{"type":"keyword"},"category":{"type":"keyword"},"type":{"type":"keyword"},"action":{"type":"keyword"},"outcome":{"type":"keyword"},"reason":{"type":"keyword"},"duration":{"type":"long"},"id":{"type":"keyword"}}},"observer":{"properties":{"type":{"type":"keyword"},"product":{"type":"keyword"},"vendor":{"type":"keyword"},"version":{"type":"keyword"},"hostname":{"type":"keyword"}}},"source":{"properties":{"ip":{"type":"ip"},"port":{"type":"long"},"bytes":{"type":"long"}}},"destination":{"properties":{"ip":{"type":"ip"},"port":{"type":"long"},"domain":{"type":"keyword"},"bytes":{"type":"long"}}},"network":{"properties":{"transport":{"type":"keyword"},"protocol":{"type":"keyword"}}},"url":{"properties":{"full":{"type":"wildcard"},"scheme":{"type":"keyword"},"domain":{"type":"keyword"},"port":{"type":"long"},"path":{"type":"keyword","ignore_above":2048},"query":{"type":"keyword","ignore_above":2048}}},"http":{"properties":{"version":{"type":"keyword"},"request":{"properties":{"method":{"type":"keyword"},"body":{"properties":{"bytes":{"type":"long"}}},"headers":{"type":"flattened","ignore_above":1024}}},"response":{"properties":{"status_code":{"type":"long"},"body":{"properties":{"bytes":{"type":"long"}}},"headers":{"type":"flattened","ignore_above":1024}}}}},"user_agent":{"properties":{"original":{"type":"keyword","ignore_above":1024,"fields":{"text":{"type":"match_only_text"}}}}},"tls":{"properties":{"version":{"type":"keyword"},"version_protocol":{"type":"keyword"},"cipher":{"type":"keyword"},"established":{"type":"boolean"},"client":{"properties":{"server_name":{"type":"keyword"}}}}},"rule":{"properties":{"id":{"type":"keyword"},"name":{"type":"keyword"},"ruleset":{"type":"keyword"}}},"error":{"properties":{"type":{"type":"keyword"},"message":{"type":"match_only_text","fields":{"keyword":{"type":"keyword","ignore_above":1024}}}}},"tollgate":{"dynamic":true,"properties":{"agent":{"type":"keyword"},"mode":{"type":"keyword"},"decision":{"type":"keyword"},"tls":{"type":"keyword"},"upstream_reused":{"type":"boolean"}}}}}}}"#
     }
 
     /// Installs the ILM policy and the template on the first node that answers.

@@ -206,10 +206,16 @@ private struct Sender {
     /// Returns once every record is delivered or dead-lettered; false only when stopping.
     mutating func deliver(_ records: [SpooledRecord], stopping: borrowing Atomic<Bool>) -> Bool {
         var pending = records
+        var body: [UInt8] = []
+        var encodedCount = -1
         while !pending.isEmpty {
             if stopping.load(ordering: .acquiring) { return false }
             let node = nodes[nodeIndex % nodes.count]
-            let body = encoder.encode(pending)
+            // Encoding and compressing is the costly part: retries of the same records reuse it.
+            if encodedCount != pending.count {
+                body = encoder.encode(pending)
+                encodedCount = pending.count
+            }
             let outcome: Result<(status: Int, body: [UInt8]), ClientError>
             do {
                 outcome = .success(try client.send(node: node, index: nodeIndex % nodes.count, method: "POST", path: "/_bulk",
@@ -240,6 +246,14 @@ private struct Sender {
                 }
                 retryWhole(pending.count, because: "\(node): HTTP \(response.status) (check credentials and URL)")
             case .success(let response):
+                if BulkResponse.reportsNoErrors(response.body) {
+                    count { counters in
+                        counters.shipped += pending.count
+                        counters.lastSuccess = monotonicNanoseconds()
+                    }
+                    failures = 0
+                    return true
+                }
                 guard let items = BulkResponse.items(response.body, expected: pending.count) else {
                     retryWhole(pending.count, because: "\(node): unreadable _bulk response")
                     continue
@@ -293,8 +307,9 @@ private struct Sender {
         return list
     }
 
-    private func deadLetter(_ record: SpooledRecord, status: Int, type: String, reason: String) {
-        var line = Array("{\"_id\":\"".utf8) + record.id + Array("\",\"status\":\(status),\"error\":{\"type\":".utf8)
+    private mutating func deadLetter(_ record: SpooledRecord, status: Int, type: String, reason: String) {
+        var line = Array("{\"_id\":\"".utf8) + record.id + Array("\",\"_index\":\"\(encoder.indexName(record.timestampMilliseconds))\"".utf8)
+        line += Array(",\"status\":\(status),\"error\":{\"type\":".utf8)
         line += jsonString(type) + Array(",\"reason\":".utf8) + jsonString(reason) + Array("},\"document\":".utf8)
         line += record.document + Array("}\n".utf8)
         let fd = open(settings.spool + "/dead-letter.ndjson", O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o600)
@@ -365,7 +380,7 @@ public struct BulkEncoder {
     }
 
     /// `<index>-YYYY.MM.DD` in UTC, from the record's own timestamp.
-    private mutating func indexName(_ milliseconds: Int64) -> String {
+    mutating func indexName(_ milliseconds: Int64) -> String {
         let day = Int(milliseconds / 86_400_000)
         if let cached = indexNames[day] { return cached }
         let (year, month, dayOfMonth) = civilDate(daysSinceEpoch: day)

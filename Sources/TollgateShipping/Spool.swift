@@ -77,10 +77,7 @@ public final class Spool: Sendable {
         bytes.reserveCapacity(records.reduce(0) { $0 + $1.encodedSize })
         for record in records { Self.encode(record, into: &bytes) }
         try state.withLock { (state) throws(SystemError) in
-            let activeSize = state.segments[state.active, default: 0]
-            // Roll when the segment is big, or when all of it is acknowledged and worth freeing:
-            // the next acknowledgement then deletes it.
-            if state.activeFD < 0 || activeSize >= Self.segmentBytes || (state.acked >= state.end && activeSize >= 64 << 10) {
+            if state.activeFD < 0 || state.segments[state.active, default: 0] >= Self.segmentBytes {
                 try roll(&state)
             }
             try writeAll(state.activeFD, bytes)
@@ -135,7 +132,13 @@ public final class Spool: Sendable {
         let doomed: [UInt64] = state.withLock { state in
             state.acked = max(state.acked, position)
             state.records = max(0, state.records - records)
-            let old = state.segments.keys.filter { $0 < position.segment }
+            var old = state.segments.keys.filter { $0 < position.segment }
+            // Everything written is delivered: start a fresh segment so this one's space is
+            // freed now (a full spool must empty as soon as Elasticsearch catches up).
+            if state.acked >= state.end && state.segments[state.active, default: 0] > 0 {
+                old.append(state.active)
+                if (try? roll(&state)) == nil { old.removeLast() }
+            }
             for segment in old { state.segments[segment] = nil }
             return old
         }

@@ -88,6 +88,25 @@ private func record(_ n: Int) -> SpooledRecord {
         #expect(BulkResponse.items(Array("<html>".utf8), expected: 3) == nil)
     }
 
+    @Test func anAnswerWithoutErrorsNeedsNoItemParsing() {
+        #expect(BulkResponse.reportsNoErrors(Array(#"{"took":1,"errors":false,"items":[]}"#.utf8)))
+        #expect(BulkResponse.reportsNoErrors(Array(#"{"took": 1, "errors": false, "items": []}"#.utf8)))
+        #expect(!BulkResponse.reportsNoErrors(Array(#"{"took":1,"errors":true,"items":[]}"#.utf8)))
+        #expect(!BulkResponse.reportsNoErrors(Array("garbage".utf8)))
+    }
+
+    @Test func fullyAcknowledgedSpoolFreesItsSpaceAtOnce() throws {
+        let spool = try Spool(directory: temporaryDirectory())
+        try spool.append((0..<50).map(record))
+        #expect(spool.totalBytes > 0)
+        let (records, next) = spool.read(from: spool.acknowledgedPosition, maxRecords: 100, maxBytes: 1 << 20)
+        spool.acknowledge(upTo: next, records: records.count)
+        #expect(spool.totalBytes == 0)
+        try spool.append([record(7)])
+        let (more, _) = spool.read(from: next, maxRecords: 100, maxBytes: 1 << 20)
+        #expect(more.map(\.timestampMilliseconds) == [1_764_000_000_007])
+    }
+
     @Test func templateIsValidJSONCoveringTheRecordFields() throws {
         let template = IndexSetup.template(index: "autocode-traffic")
         let object = try #require(try JSONSerialization.jsonObject(with: Data(template.utf8)) as? [String: Any])
