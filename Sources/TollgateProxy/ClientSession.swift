@@ -293,7 +293,8 @@ final class ClientSession: ConnectionDelegate, TimerTarget {
             case .other:
                 relayRawTCP()
             case .undecided:
-                if client.peerClosed { relayRawTCP() }
+                // A client that hangs up without sending anything gets no upstream connection.
+                if client.peerClosed { client.inbound.isEmpty ? close() : relayRawTCP() }
             }
         case .readingHead:
             readRequestHead()

@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# In-process benchmarks: `tollgate-bench policy` (issue 4) and `tollgate-bench records`
+# (issue 5). Their output is already markdown; this script adds the context and, with
+# --write-docs, puts it in docs/benchmarks.md. Needs no root and no namespaces.
+#
+#   bench/inprocess.sh [--write-docs] [--cpu N] [--bench PATH] [--wait-idle S]
+set -euo pipefail
+
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+COMMAND_LINE="bench/inprocess.sh${*:+ $*}"
+
+WRITE_DOCS=0
+WAIT_IDLE=0
+CPU=0
+BENCH_BIN=${TOLLGATE_BENCH_BIN:-$REPO/.build/release/tollgate-bench}
+
+usage() {
+  cat <<EOF
+usage: $0 [options]
+  --write-docs     also append/replace the section in docs/benchmarks.md
+  --cpu N          CPU to pin tollgate-bench to (default $CPU; "" for no pinning)
+  --bench PATH     tollgate-bench binary (default \$TOLLGATE_BENCH_BIN or .build/release/tollgate-bench)
+  --wait-idle S    first wait up to S seconds for builds/test runs to finish (default $WAIT_IDLE)
+EOF
+}
+
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --write-docs) WRITE_DOCS=1 ;;
+    --cpu) CPU=$2; shift ;;
+    --bench) BENCH_BIN=$2; shift ;;
+    --wait-idle) WAIT_IDLE=$2; shift ;;
+    -h|--help) usage; exit 0 ;;
+    *) echo "unknown argument: $1" >&2; usage >&2; exit 2 ;;
+  esac
+  shift
+done
+
+[ -x "$BENCH_BIN" ] || die "$BENCH_BIN not found: build it with 'swift build -c release'"
+bench_wait_idle "$WAIT_IDLE"
+PIN=()
+[ -z "$CPU" ] || { command -v taskset >/dev/null 2>&1 && PIN=(taskset -c "$CPU"); }
+
+OUT=$(mktemp -d)
+trap 'rm -rf "$OUT"' EXIT
+run() {  # name -> $OUT/name.md; notes heavy processes seen while it ran
+  local name=$1 busy=$OUT/$1.busy out=$OUT/$1.md
+  ( while :; do busy_procs >>"$busy"; done ) &
+  local watcher=$!
+  log "tollgate-bench $name${PIN:+ (pinned to CPU $CPU)}"
+  "${PIN[@]}" "$BENCH_BIN" "$name" >"$out" || { kill "$watcher"; die "tollgate-bench $name failed"; }
+  kill "$watcher" 2>/dev/null || true
+  wait "$watcher" 2>/dev/null || true
+  [ ! -s "$busy" ] || note "$name: other heavy processes ran meanwhile, figures are noisy: $(sort -u "$busy" | head -2 | cut -c1-120 | tr '\n' ' ')"
+}
+
+run policy
+run records
+POLICY=$(cat "$OUT/policy.md")
+RECORDS=$(cat "$OUT/records.md")
+
+SECTION=$(
+  echo "### Policy decisions (\`tollgate-bench policy\`)"
+  echo
+  echo "Issue 4's aim: with 10,000 rules and 1,000 agents, the median request decision under 1 µs."
+  echo
+  echo "$POLICY"
+  echo
+  echo "### Flow records (\`tollgate-bench records\`)"
+  echo
+  echo "Issue 5's aim: encoding plus batching at least 200,000 records/s on one core."
+  echo
+  echo "$RECORDS"
+)
+echo "$SECTION"
+if [ "${#NOTES[@]}" -gt 0 ]; then
+  echo
+  printf -- '- note: %s\n' "${NOTES[@]}"
+fi
+
+if [ "$WRITE_DOCS" -eq 1 ]; then
+  bench_provenance "$BENCH_BIN"
+  tmp=$OUT/section.md
+  {
+    echo "## In-process benchmarks (\`bench/inprocess.sh\`)"
+    echo
+    echo "- Date: $DATE"
+    echo "- Command: \`$COMMAND_LINE\`${PIN:+ (tollgate-bench pinned to CPU $CPU)}"
+    echo "- Machine: $MACHINE_LINE"
+    echo "- tollgate-bench: tree at $COMMIT, release binary built $BIN_DATE"
+    echo
+    echo "$SECTION"
+    if [ "${#NOTES[@]}" -gt 0 ]; then
+      echo
+      echo "Notes from this run:"
+      printf -- '- %s\n' "${NOTES[@]}"
+    fi
+  } >"$tmp"
+  bench_write_section inprocess "$tmp"
+fi
