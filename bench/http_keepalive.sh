@@ -73,6 +73,7 @@ bench_require_tollgate
 bench_check_cpus
 bench_wait_idle "$WAIT_IDLE"
 bench_init
+bench_snapshot_tollgate
 URL="http://$ORIGIN_IP/1k"
 bench_topology 80
 
@@ -214,7 +215,6 @@ fi
 log "tollgate RSS at end of run: ${A_RSS} KiB, threads: ${A_THREADS}"
 
 if [ "$WRITE_DOCS" -eq 1 ]; then
-  bench_provenance
   {
     echo "## HTTP keep-alive, 1 KiB responses (\`bench/http_keepalive.sh\`)"
     echo

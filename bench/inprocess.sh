@@ -43,6 +43,10 @@ PIN=()
 
 OUT=$(mktemp -d)
 trap 'rm -rf "$OUT"' EXIT
+# Provenance now, and a copy of the binary: a rebuild meanwhile changes nothing.
+bench_provenance "$BENCH_BIN"
+cp "$BENCH_BIN" "$OUT/tollgate-bench"
+BENCH_BIN=$OUT/tollgate-bench
 run() {  # name -> $OUT/name.md; notes heavy processes seen while it ran
   local name=$1 busy=$OUT/$1.busy out=$OUT/$1.md
   ( while :; do busy_procs >>"$busy"; done ) &
@@ -79,7 +83,6 @@ if [ "${#NOTES[@]}" -gt 0 ]; then
 fi
 
 if [ "$WRITE_DOCS" -eq 1 ]; then
-  bench_provenance "$BENCH_BIN"
   tmp=$OUT/section.md
   {
     echo "## In-process benchmarks (\`bench/inprocess.sh\`)"

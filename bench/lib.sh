@@ -367,10 +367,15 @@ measure() {
   taskset -pc "$LOAD_CPU" "$watcher" >/dev/null 2>&1 || true   # off the proxy's CPU
   PIDS+=("$watcher")
   acc_before=$(origin_accepts)
+  all_proc_ticks >"$TMP/procs-$name.before"
+  local busy_before busy_after
+  busy_before=$(cpu_busy_ticks "$PROXY_CPU")
   before=$(cpu_ticks "${pids[@]}")
   local wrk_ok=1
   in_ns "$NS_W" taskset -c "$LOAD_CPU" wrk "$@" -d"${duration}s" >"$out" 2>&1 || wrk_ok=0
   after=$(cpu_ticks "${pids[@]}")
+  busy_after=$(cpu_busy_ticks "$PROXY_CPU")
+  all_proc_ticks >"$TMP/procs-$name.after"
   acc_after=$(origin_accepts)
   kill "$watcher" 2>/dev/null || true
   wait "$watcher" 2>/dev/null || true
@@ -384,6 +389,14 @@ measure() {
   parse_wrk "$out" || return 1
   R_CPU=$(awk -v t=$((after - before)) -v hz="$CLK_TCK" 'BEGIN {printf "%.2f", t / hz}')
   R_PER_CPU=$(awk -v r="$R_REQS" -v c="$R_CPU" 'BEGIN { if (c > 0) printf "%.0f", r / c; else print "n/a" }')
+  # Everything the proxy's CPU did meanwhile (the proxy, softirq network work that ran
+  # outside it, anything else scheduled there), and who used the most CPU.
+  R_CPU_BUSY=$(awk -v t=$((busy_after - busy_before)) -v hz="$CLK_TCK" 'BEGIN {printf "%.2f", t / hz}')
+  R_TOP=$(top_consumers "$TMP/procs-$name.before" "$TMP/procs-$name.after")
+  log "$name: proxy ${R_CPU} CPU-s; CPU $PROXY_CPU busy ${R_CPU_BUSY} s; top: $R_TOP"
+  if awk -v b="$R_CPU_BUSY" -v p="$R_CPU" -v d="$duration" 'BEGIN { exit !(b - p > 0.05 * d) }'; then
+    note "$name: CPU $PROXY_CPU was shared: busy ${R_CPU_BUSY} s, the proxy ${R_CPU} CPU-s (requests/s understated; top: $R_TOP)"
+  fi
 }
 
 # wrk_notes LABEL NAME: notes non-2xx and socket errors of the measured and warm-up runs.
@@ -394,6 +407,27 @@ wrk_notes() {
   if [ -f "$TMP/wrk-$name-warmup.txt" ] && grep -qE 'Non-2xx|Socket errors' "$TMP/wrk-$name-warmup.txt"; then
     note "$label warm-up: $(grep -E 'Non-2xx|Socket errors' "$TMP/wrk-$name-warmup.txt" | sed 's/^ *//' | tr '\n' ' ')"
   fi
+}
+
+cpu_busy_ticks() {  # cpu -> its busy ticks so far (user nice system irq softirq steal) from /proc/stat
+  awk -v c="cpu$1" '$1 == c {print $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat
+}
+
+all_proc_ticks() {  # "pid ticks comm" for every process (all threads), to diff
+  local f stat comm
+  local -a v
+  for f in /proc/[0-9]*/stat; do
+    stat=$(cat "$f" 2>/dev/null) || continue
+    comm=${stat#*(}; comm=${comm%%)*}
+    stat=${stat##*) }
+    read -r -a v <<<"$stat"
+    echo "${f//[^0-9]/} $((v[11] + v[12])) ${comm// /_}"
+  done
+}
+
+top_consumers() {  # before-file after-file -> the 5 processes that used the most CPU between them
+  awk 'NR == FNR {b[$1] = $2; next} {d = $2 - b[$1]; if (d > 0) print d, $1, $3}' "$1" "$2" \
+    | sort -rn | head -5 | awk -v hz="$CLK_TCK" '{printf "%s(%s) %.2fs; ", $3, $2, $1 / hz}'
 }
 
 ratio() {  # a b -> a/b with 2 decimals, or n/a
@@ -417,6 +451,16 @@ bench_provenance() {
     COMMIT="$COMMIT + uncommitted changes in Sources/"
   fi
   BIN_DATE=$(date -u -r "$bin" '+%Y-%m-%d %H:%M UTC' 2>/dev/null || echo unknown)
+}
+
+# bench_snapshot_tollgate: records the provenance (bench_provenance) now and runs a copy
+# of the binary from the temp dir, so that a rebuild during the run changes neither
+# what is measured nor what the docs say was measured.
+bench_snapshot_tollgate() {
+  bench_provenance "$TOLLGATE_BIN"
+  mkdir -p "$TMP/bin"
+  cp "$TOLLGATE_BIN" "$TMP/bin/tollgate"
+  TOLLGATE_BIN=$TMP/bin/tollgate
 }
 
 # bench_write_section KEY FILE: puts FILE's content between

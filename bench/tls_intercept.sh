@@ -131,6 +131,7 @@ fi
 
 bench_wait_idle "$WAIT_IDLE"
 bench_init
+bench_snapshot_tollgate
 bench_topology 443
 bench_hosts "$NS_W" "$ORIGIN_IP $SNI"
 
@@ -556,7 +557,6 @@ if [ "${#NOTES[@]}" -gt 0 ]; then
 fi
 
 if [ "$WRITE_DOCS" -eq 1 ]; then
-  bench_provenance
   {
     echo "## TLS interception: Tollgate, nginx and mitmproxy (\`bench/tls_intercept.sh\`)"
     echo
@@ -566,7 +566,7 @@ if [ "$WRITE_DOCS" -eq 1 ]; then
     echo "- Tollgate: tree at $COMMIT, release binary built $BIN_DATE"
     echo "- Topology: \`worker\` — \`gateway\` — \`internet\`; the gateway's nftables redirect of the worker's tcp dport 443 to :$PORT; an nginx HTTPS origin (1 worker, access log off, certificate for \`$SNI\` from a throwaway \"Origin CA\", ECDSA P-256) on $ORIGIN_IP:443 in \`internet\` on CPU $ORIGIN_CPU; \`$SNI\` resolves to $ORIGIN_IP in \`worker\`. Each proxy runs alone in \`gateway\` on CPU $PROXY_CPU and verifies the origin against the Origin CA and the name \`$SNI\`."
     echo "- Proxies: **Tollgate** \`run\` with the transparent listener, \`workers: 1\`, its own CA (\`tollgate ca init\`), \`tls.upstream_ca\` = the Origin CA, flow log to a file. **nginx** \`listen $PORT ssl\` with a static \`$SNI\` certificate (ECDSA P-256, \"Bench Proxy CA\"), \`proxy_pass https://origin_up\` with \`proxy_ssl_verify on\`, \`proxy_ssl_name $SNI\`, \`proxy_ssl_server_name on\`, \`proxy_ssl_session_reuse on\`, upstream \`keepalive 64\`, \`proxy_http_version 1.1\`, 1 worker, access log off. **mitmproxy** \`mitmdump -q --mode transparent --listen-port $PORT --set confdir=… --set ssl_insecure=false --set ssl_verify_upstream_trusted_ca=<Origin CA>\` (from a venv; \`-q\`: no per-flow console output)."
-    echo "- Load: wrk from \`worker\` on CPU $LOAD_CPU (trusting nothing: wrk does not verify certificates; curl checks with each proxy's CA, and that trusting only the Origin CA fails, before the runs): \`wrk $(case_args ka1k "$CONNECTIONS") -d${DURATION}s\`; the same with \`-H 'Connection: close'\` (every request on a new TLS connection, full handshake, no resumption); \`wrk $(case_args ka64k "$CONNECTIONS") -d${DURATION}s\`; each after a ${WARMUP}s warm-up. mitmproxy is slow, so its runs are shorter and lighter: ${MITM_DURATION}s after a ${MITM_WARMUP}s warm-up, ${MITM_CONNECTIONS} connections (per-CPU-second figures stay comparable)."
+    echo "- Load: wrk from \`worker\` on CPU $LOAD_CPU (trusting nothing: wrk does not verify certificates; curl checks with each proxy's CA, and that trusting only the Origin CA fails, before the runs): \`wrk $(case_args ka1k "$CONNECTIONS") -d${DURATION}s\`; the same with \`-H 'Connection: close'\` (every request on a new TLS connection; wrk resumes its session, see TLS below); \`wrk $(case_args ka64k "$CONNECTIONS") -d${DURATION}s\`; each after a ${WARMUP}s warm-up. mitmproxy is slow, so its runs are shorter and lighter: ${MITM_DURATION}s after a ${MITM_WARMUP}s warm-up, ${MITM_CONNECTIONS} connections (per-CPU-second figures stay comparable)."
     echo "- TLS: all three negotiate TLS 1.3 with the clients (nginx 1.22 offers only up to TLS 1.2 by default; the script sets \`ssl_protocols TLSv1.2 TLSv1.3\` on the nginx proxy and the origin, and \`proxy_ssl_protocols\` likewise). wrk keeps its TLS session across reconnects (it \`SSL_clear\`s and reuses the SSL object), so in the new-connection case every handshake is a resumption — in TLS 1.3 a PSK handshake that still does an ECDHE exchange; in TLS 1.2 an abbreviated handshake without one, about twice as cheap, which is why nginx with its TLS 1.2 default does about twice as many new connections per CPU-second. The session-resumption line below is \`openssl s_client -sess_out/-sess_in\` through each proxy."
     echo "- Proxy CPU-s: utime+stime from \`/proc/<pid>/stat\` of all the proxy's processes (all threads; nginx: master + worker) over the measured run. Requests per CPU-s = completed requests / proxy CPU-s, the figure to compare (it does not depend on whether wrk or the origin, which share CPU $LOAD_CPU, is the bottleneck). MiB/s = wrk's Transfer/sec. Upstream conns opened = connections the origin accepted during the measured run (its stub_status)."
     echo "- Memory: a fresh Tollgate; \`bench/idle_tls_clients.py\` in \`worker\` opens the connections (100 at a time), completes the handshake trusting the Tollgate CA, sends one keep-alive \`GET /1k\` on each and reads the response, then keeps them idle; per connection = (VmRSS with them open, 5 s after the last − VmRSS before) / connections."
