@@ -60,8 +60,10 @@ run() {  # name -> $OUT/name.md; notes heavy processes seen while it ran
 
 run policy
 run records
-POLICY=$(cat "$OUT/policy.md")
-RECORDS=$(cat "$OUT/records.md")
+# A line of text right after a table would be read as one more row: separate them.
+separate() { awk 'prev ~ /^\|/ && $0 !~ /^\|/ && $0 != "" {print ""} {print; prev = $0}' "$1"; }
+POLICY=$(separate "$OUT/policy.md")
+RECORDS=$(separate "$OUT/records.md")
 
 SECTION=$(
   echo "### Policy decisions (\`tollgate-bench policy\`)"

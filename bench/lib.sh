@@ -87,11 +87,17 @@ busy_procs() {
   done < <(heavy_procs)
 }
 
-# Waits up to $1 seconds (polling every 30 s) for builds and test runs to finish;
-# then (or with 0) only warns that the figures will be noisy.
+# Namespaces of other bench/ scripts running at the same time (named tgb*; the busy
+# watcher does not see those), by their base name.
+other_benches() {
+  ip netns list 2>/dev/null | awk '{print $1}' | grep '^tgb' | grep -v "^${BASE:-none}-" | sed 's/-[wgi]$//' | sort -u || true
+}
+
+# Waits up to $1 seconds (polling every 30 s) for builds, test runs and other
+# benchmarks to finish; then (or with 0) only warns that the figures will be noisy.
 bench_wait_idle() {
   local limit=${1:-0} busy deadline=$((SECONDS + ${1:-0}))
-  while busy=$(busy_procs | head -3) && [ -n "$busy" ]; do
+  while busy=$( { busy_procs; other_benches | sed 's/^/another benchmark: /'; } | head -3) && [ -n "$busy" ]; do
     if [ "$SECONDS" -ge "$deadline" ]; then
       log "warning: other heavy processes are running, figures will be noisy:"
       printf '  %s\n' "$busy" >&2
