@@ -63,8 +63,9 @@ final class ClientSession: ConnectionDelegate, TimerTarget {
             timer.arm(after: settings.timeouts.header)
             return
         }
-        guard let destination = client.socket.originalDestination(), !isOwnAddress(destination) else {
-            rejectLoop()
+        let destination = client.socket.originalDestination()
+        guard let destination, !isOwnAddress(destination) else {
+            rejectLoop(destination)
             return
         }
         originalDestination = destination
@@ -79,10 +80,10 @@ final class ClientSession: ConnectionDelegate, TimerTarget {
         return client.socket.localAddress() == destination
     }
 
-    private func rejectLoop() {
+    private func rejectLoop(_ destination: SocketAddress?) {
         var record = newRecord(action: .rejected, networkProtocol: "tcp")
-        record.destinationIP = client.socket.originalDestination()?.ip
-        record.destinationPort = client.socket.originalDestination()?.port
+        record.destinationIP = destination?.ip
+        record.destinationPort = destination?.port
         record.errorType = "loop_detected"
         record.errorMessage = "connection addressed to Tollgate itself; refused"
         worker.record(record)

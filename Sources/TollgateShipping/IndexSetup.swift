@@ -22,12 +22,7 @@ public enum IndexSetup {
     public static func install(_ settings: ElasticsearchSettings) -> Result<String, ClientError> {
         let client: HTTPClient
         do { client = try HTTPClient(caFile: settings.caFile) } catch { return .failure(error) }
-        var headers = [("Content-Type", "application/json")]
-        if let apiKey = settings.apiKey {
-            headers.append(("Authorization", "ApiKey \(apiKey)"))
-        } else if let user = settings.username {
-            headers.append(("Authorization", "Basic \(base64(Array("\(user):\(settings.password ?? "")".utf8)))"))
-        }
+        let headers = [("Content-Type", "application/json")] + authorizationHeader(settings)
         var lastError = ClientError.connect("no node configured")
         for (index, url) in settings.urls.enumerated() {
             guard let node = Node(url: url) else { continue }

@@ -299,12 +299,7 @@ private struct Sender {
     private func headers(gzip: Bool) -> [(String, String)] {
         var list = [("Content-Type", "application/x-ndjson")]
         if gzip { list.append(("Content-Encoding", "gzip")) }
-        if let apiKey = settings.apiKey {
-            list.append(("Authorization", "ApiKey \(apiKey)"))
-        } else if let user = settings.username {
-            list.append(("Authorization", "Basic \(base64(Array("\(user):\(settings.password ?? "")".utf8)))"))
-        }
-        return list
+        return list + authorizationHeader(settings)
     }
 
     private mutating func deadLetter(_ record: SpooledRecord, status: Int, type: String, reason: String) {
@@ -320,6 +315,15 @@ private struct Sender {
         count { $0.deadLettered += 1 }
         Log.warning("elasticsearch refused record \(String(decoding: record.id, as: UTF8.self)) (\(status) \(type)): dead-lettered")
     }
+}
+
+/// The Authorization header for the configured credentials: `ApiKey`, else Basic, else none.
+func authorizationHeader(_ settings: ElasticsearchSettings) -> [(String, String)] {
+    if let apiKey = settings.apiKey { return [("Authorization", "ApiKey \(apiKey)")] }
+    if let user = settings.username {
+        return [("Authorization", "Basic \(base64(Array("\(user):\(settings.password ?? "")".utf8)))")]
+    }
+    return []
 }
 
 func jsonString(_ text: String) -> [UInt8] {
