@@ -44,6 +44,10 @@ public struct HeaderField: Sendable {
     let nameCount: Int32
     let valueStart: Int32
     let valueCount: Int32
+
+    /// Where the name and the value sit in the head's bytes (see `Headers.withUnsafeBytes`).
+    public var nameRange: Range<Int> { Int(nameStart)..<Int(nameStart + nameCount) }
+    public var valueRange: Range<Int> { Int(valueStart)..<Int(valueStart + valueCount) }
 }
 
 /// The header fields of one message: a single copy of the head bytes plus field offsets.
@@ -54,6 +58,11 @@ public struct Headers: Sendable {
     init(bytes: [UInt8], fields: ContiguousArray<HeaderField>) {
         self.bytes = bytes
         self.fields = fields
+    }
+
+    /// The head's bytes, for reading many fields by their ranges without slicing arrays.
+    public func withUnsafeBytes<R>(_ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
+        try bytes.withUnsafeBytes(body)
     }
 
     public func name(_ field: HeaderField) -> ArraySlice<UInt8> {

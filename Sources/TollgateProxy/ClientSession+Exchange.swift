@@ -498,7 +498,10 @@ extension ClientSession {
         body.object("error") { w in
             w.field("type", type)
             w.field("message", message)
-            for (name, value) in extraFields { w.field(name, value) }
+            for (name, value) in extraFields {
+                w.key(dynamic: name)
+                w.string(value)
+            }
         }
         body.endObject()
         body.newline()

@@ -38,7 +38,7 @@ public final class FlowLog: Sendable {
     }
 
     /// Hands one encoded record (a JSON line) over; never blocks beyond a short critical section.
-    public func submit(_ line: [UInt8]) {
+    public func submit(_ line: UnsafeRawBufferPointer) {
         state.withLock { state in
             if state.pending.count + line.count > capacityBytes {
                 state.dropped += 1

@@ -1,6 +1,7 @@
 // TollgateProxy: the daemon — listeners, proxy sessions, the upstream pool and flow records.
 import TollgateHTTP
 import TollgateIO
+import TollgateShipping
 
 /// One flow: an HTTP exchange, a tunnel, a raw TCP relay or a refused connection. Field names
 /// follow ECS; `tollgate.*` holds our own. Later issues add fields (TLS, rule, budget) here.
@@ -67,25 +68,40 @@ public struct FlowRecord {
         self.mode = mode
     }
 
-    /// Who wrote the record (ECS `observer`).
+    /// Who wrote the record (ECS `observer`): the same in every record, so encoded once.
     public struct Observer: Sendable {
-        let hostname: String
-        let version: String
+        let encoded: [UInt8]
+
         public init(hostname: String, version: String) {
-            self.hostname = hostname
-            self.version = version
+            var out = JSONWriter(capacity: 128)
+            out.beginObject()
+            out.field("type", "proxy")
+            out.field("product", "tollgate")
+            out.field("vendor", "tollgate")
+            out.field("version", version)
+            out.field("hostname", hostname)
+            out.endObject()
+            encoded = out.bytes
         }
     }
 
     /// Appends the record as one JSON line; `id` becomes `event.id` (and the Elasticsearch `_id`).
-    public func encode(into out: inout JSONWriter, id: String, observer: Observer, redaction: Redaction) {
+    public func encode(into out: inout JSONWriter, id: RecordID, observer: Observer, redaction: Redaction) {
         out.beginObject()
         out.key("@timestamp"); out.timestamp(milliseconds: timestampMilliseconds)
         out.object("event") { w in
-            w.field("id", id)
+            w.key("id"); id.write(into: &w)
             w.field("kind", "event")
-            w.key("category"); w.stringArray(method != nil ? ["network", "web"] : ["network"])
-            w.key("type"); w.stringArray([decision == "deny" || action == .rejected ? "denied" : (method != nil ? "access" : "connection")])
+            w.key("category")
+            if method != nil { w.stringArray("network", "web") } else { w.stringArray("network") }
+            w.key("type")
+            if decision == "deny" || action == .rejected {
+                w.stringArray("denied")
+            } else if method != nil {
+                w.stringArray("access")
+            } else {
+                w.stringArray("connection")
+            }
             w.field("action", action.rawValue)
             w.field("duration", Int(durationNanoseconds))
             w.field("outcome", errorType == nil && decision != "deny" ? "success" : "failure")
@@ -104,13 +120,8 @@ public struct FlowRecord {
                 w.field("bytes", destinationBytes)
             }
         }
-        out.object("observer") { w in
-            w.field("type", "proxy")
-            w.field("product", "tollgate")
-            w.field("vendor", "tollgate")
-            w.field("version", observer.version)
-            w.field("hostname", observer.hostname)
-        }
+        out.key("observer")
+        observer.encoded.withUnsafeBytes { out.rawJSON($0) }
         if urlFull != nil {
             out.object("url") { w in
                 w.field("full", urlFull)

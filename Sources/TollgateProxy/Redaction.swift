@@ -1,4 +1,5 @@
 import TollgateHTTP
+import TollgateIO
 
 /// Keeps secrets out of records: header values by name, query parameters by a name pattern.
 public struct Redaction: Sendable {
@@ -29,22 +30,25 @@ public struct Redaction: Sendable {
     /// straight from the head's bytes.
     func write(_ headers: Headers, into out: inout JSONWriter) {
         out.beginObject()
-        let fields = headers.fields
-        for index in fields.indices {
-            let name = headers.name(fields[index])
-            if fields[..<index].contains(where: { sameName(headers.name($0), name) }) { continue }
-            out.lowercasedTokenKey(name)
-            if isSecret(name) {
-                out.stringValue(bytes: Self.markerBytes)
-                continue
+        headers.withUnsafeBytes { head in
+            func bytes(_ range: Range<Int>) -> UnsafeRawBufferPointer { UnsafeRawBufferPointer(rebasing: head[range]) }
+            let fields = headers.fields
+            for index in fields.indices {
+                let name = bytes(fields[index].nameRange)
+                if fields[..<index].contains(where: { sameName(bytes($0.nameRange), name) }) { continue }
+                out.lowercasedTokenKey(name)
+                out.openString()
+                if isSecret(name) {
+                    Self.markerBytes.withUnsafeBytes { out.appendEscaped($0) }
+                } else {
+                    out.appendEscaped(bytes(fields[index].valueRange))
+                    for later in fields[(index + 1)...] where sameName(bytes(later.nameRange), name) {
+                        Self.separator.withUnsafeBytes { out.appendEscaped($0) }
+                        out.appendEscaped(bytes(later.valueRange))
+                    }
+                }
+                out.closeString()
             }
-            out.openString()
-            out.appendEscaped(contentsOf: headers.value(fields[index]))
-            for later in fields[(index + 1)...] where sameName(headers.name(later), name) {
-                out.appendEscaped(contentsOf: Self.separator)
-                out.appendEscaped(contentsOf: headers.value(later))
-            }
-            out.closeString()
         }
         out.endObject()
     }
@@ -52,13 +56,13 @@ public struct Redaction: Sendable {
     private static let markerBytes = Array(marker.utf8)
     private static let separator = Array(", ".utf8)
 
-    private func isSecret(_ name: ArraySlice<UInt8>) -> Bool {
-        secretHeaderBytes.contains { sameName($0[...], name) }
+    private func isSecret(_ name: UnsafeRawBufferPointer) -> Bool {
+        secretHeaderBytes.contains { secret in secret.withUnsafeBytes { sameName($0, name) } }
     }
 
-    private func sameName(_ a: ArraySlice<UInt8>, _ b: ArraySlice<UInt8>) -> Bool {
+    private func sameName(_ a: UnsafeRawBufferPointer, _ b: UnsafeRawBufferPointer) -> Bool {
         guard a.count == b.count else { return false }
-        for (x, y) in zip(a, b) where x | 0x20 != y | 0x20 { return false }
+        for index in 0..<a.count where a[index] | 0x20 != b[index] | 0x20 { return false }
         return true
     }
 }

@@ -52,7 +52,7 @@ final class Worker: TimerTarget, @unchecked Sendable {  // confined to `loop`'s 
     var scratch: [UInt8] = []
     private var json = JSONWriter()
     /// Record ids: a random per-loop prefix and a counter, unique across loops and restarts.
-    private let idPrefix: [UInt8] = hexDigits(UInt64.random(in: 0...UInt64.max))
+    private let idPrefix = UInt64.random(in: 0...UInt64.max)
     private var idCounter: UInt64 = 0
     private var refusedWhileLogging = 0
 
@@ -112,13 +112,13 @@ final class Worker: TimerTarget, @unchecked Sendable {  // confined to `loop`'s 
         default: break
         }
         idCounter &+= 1
-        let id = idPrefix + hexDigits(idCounter)
+        let id = RecordID(prefix: idPrefix, counter: idCounter)
         json.reset()
-        record.encode(into: &json, id: String(decoding: id, as: UTF8.self), observer: settings.observer, redaction: settings.redaction)
-        if flowLog.isEnabled { flowLog.submit(json.bytes) }
-        if let shipper = settings.shipper {
+        record.encode(into: &json, id: id, observer: settings.observer, redaction: settings.redaction)
+        json.withBytes { line in
+            if flowLog.isEnabled { flowLog.submit(line) }
             // The shipper wants the document without the line's newline.
-            shipper.submit(SpooledRecord(timestampMilliseconds: record.timestampMilliseconds, id: id, document: json.bytes.dropLast()))
+            settings.shipper?.submit(timestampMilliseconds: record.timestampMilliseconds, id: id, document: UnsafeRawBufferPointer(rebasing: line.dropLast()))
         }
     }
 
@@ -151,10 +151,4 @@ final class Worker: TimerTarget, @unchecked Sendable {  // confined to `loop`'s 
         onDrained = nil
         done?()
     }
-}
-
-/// 16 lower-case hex digits.
-func hexDigits(_ value: UInt64) -> [UInt8] {
-    let digits = Array("0123456789abcdef".utf8)
-    return (0..<16).map { digits[Int((value >> (60 - 4 * UInt64($0))) & 0xf)] }
 }

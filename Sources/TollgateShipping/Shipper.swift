@@ -24,10 +24,6 @@ public final class Shipper: Sendable {
         public var secondsSinceSuccess: Double = -1
     }
 
-    private struct Queue {
-        var records: [SpooledRecord] = []
-        var bytes = 0
-    }
     fileprivate struct Counters {
         var shipped = 0, retried = 0, deadLettered = 0, dropped = 0
         var lastSuccess: UInt64 = 0
@@ -36,7 +32,7 @@ public final class Shipper: Sendable {
     private let settings: ElasticsearchSettings
     private let nodes: [Node]
     private let spool: Spool
-    private let queue = Mutex(Queue())
+    private let queue = Mutex(FramedRecords())
     fileprivate let counters = Mutex(Counters())
     private let refusing = Atomic<Bool>(false)
     private let stopping = Atomic<Bool>(false)
@@ -56,19 +52,19 @@ public final class Shipper: Sendable {
     /// True while `on_spool_full: fail_closed` refuses new connections.
     public var isRefusingConnections: Bool { refusing.load(ordering: .relaxed) }
 
-    /// Called on an event loop: never waits beyond a short critical section.
-    public func submit(_ record: SpooledRecord) {
+    /// Called on an event loop: copies the document into the hand-off buffer and returns; never
+    /// waits beyond that short critical section.
+    public func submit(timestampMilliseconds: Int64, id: RecordID, document: UnsafeRawBufferPointer) {
         let accepted = queue.withLock { queue -> Bool in
-            guard queue.bytes + record.document.count <= Self.queueBytes else { return false }
-            queue.records.append(record)
-            queue.bytes += record.document.count
+            guard queue.bytes.count + document.count <= Self.queueBytes else { return false }
+            queue.append(timestampMilliseconds: timestampMilliseconds, id: id, document: document)
             return true
         }
         if !accepted { counters.withLock { $0.dropped += 1 } }
     }
 
     public var statistics: Statistics {
-        let queued = queue.withLock { $0.records.count }
+        let queued = queue.withLock { $0.count }
         let counts = counters.withLock { $0 }
         return Statistics(queued: queued + spool.unacknowledgedRecords, shipped: counts.shipped, retried: counts.retried,
                           deadLettered: counts.deadLettered, dropped: counts.dropped, spoolBytes: spool.totalBytes,
@@ -93,32 +89,28 @@ public final class Shipper: Sendable {
     private func runSpoolWriter() {
         var lastSync = monotonicNanoseconds()
         var reportedFull = false
+        // Swapped with the queue each round, so neither buffer is reallocated in the steady state.
+        var batch = FramedRecords()
         while true {
             let done = stopping.load(ordering: .acquiring)
-            let batch = queue.withLock { queue -> [SpooledRecord] in
-                defer { queue = Queue() }
-                return queue.records
-            }
-            if !batch.isEmpty {
-                let room = settings.spoolBytes - spool.totalBytes
-                var fits = 0, size = 0
-                for record in batch {
-                    size += record.encodedSize
-                    if size > room { break }
-                    fits += 1
-                }
+            queue.withLock { swap(&$0, &batch) }
+            let wroteNothing = batch.count == 0
+            if !wroteNothing {
+                batch.seal()
+                let (fitBytes, fits) = batch.prefix(upToBytes: settings.spoolBytes - spool.totalBytes)
                 do {
-                    try spool.append(Array(batch[0..<fits]))
+                    try spool.append(batch, byteCount: fitBytes, records: fits)
                 } catch {
                     // Disk full or broken: keep what we have in memory and try again shortly.
                     Log.error("elasticsearch spool \(settings.spool): \(error); records are held in memory")
-                    requeue(batch)
+                    requeue(&batch)
                     usleep(200_000)
                     continue
                 }
                 if fits < batch.count {
                     if settings.failClosed {
-                        requeue(Array(batch[fits...]))
+                        batch.removeFirst(bytes: fitBytes, records: fits)
+                        requeue(&batch)
                         refusing.store(true, ordering: .releasing)
                     } else {
                         counters.withLock { $0.dropped += batch.count - fits }
@@ -133,6 +125,7 @@ public final class Shipper: Sendable {
                     reportedFull = false
                     Log.info("elasticsearch spool has room again")
                 }
+                batch.removeAll()
             } else if refusing.load(ordering: .relaxed) && spool.totalBytes < settings.spoolBytes * 9 / 10 {
                 refusing.store(false, ordering: .releasing)
                 reportedFull = false
@@ -141,16 +134,15 @@ public final class Shipper: Sendable {
                 spool.sync()
                 lastSync = monotonicNanoseconds()
             }
-            if done && batch.isEmpty { spool.sync(); return }
+            if done && wroteNothing { spool.sync(); return }
             usleep(20_000)
         }
     }
 
-    private func requeue(_ records: [SpooledRecord]) {
-        queue.withLock { queue in
-            queue.records.insert(contentsOf: records, at: 0)
-            queue.bytes += records.reduce(0) { $0 + $1.document.count }
-        }
+    /// Puts records that could not be written back in front of the queue, in order.
+    private func requeue(_ records: inout FramedRecords) {
+        queue.withLock { $0.prepend(records) }
+        records.removeAll()
     }
 
     // MARK: Sender
@@ -170,13 +162,13 @@ public final class Shipper: Sendable {
             // Flush at the batch size, or once the oldest waiting record is flush_interval old.
             let now = monotonicNanoseconds()
             if waitingSince == nil { waitingSince = now }
-            let (records, next) = spool.read(from: cursor, maxRecords: settings.batchRecords, maxBytes: settings.batchBytes)
-            let full = records.count >= settings.batchRecords || records.reduce(0, { $0 + $1.document.count }) >= settings.batchBytes
+            let (batch, next) = spool.read(from: cursor, maxRecords: settings.batchRecords, maxBytes: settings.batchBytes)
+            let full = batch.count >= settings.batchRecords || batch.documentBytes(0..<batch.count) >= settings.batchBytes
             if !full && now - waitingSince! < settings.flushInterval { usleep(20_000); continue }
-            if records.isEmpty { cursor = next; continue }
-            guard sender.deliver(records, stopping: stopping) else { return }
+            if batch.count == 0 { cursor = next; continue }
+            guard sender.deliver(batch, Array(0..<batch.count), stopping: stopping) else { return }
             cursor = next
-            spool.acknowledge(upTo: next, records: records.count)
+            spool.acknowledge(upTo: next, records: batch.count)
             waitingSince = nil
         }
     }
@@ -203,9 +195,10 @@ private struct Sender {
     /// Runs `body` on the shipper's counters.
     private func count(_ body: (inout Shipper.Counters) -> Void) { shipper.counters.withLock { body(&$0) } }
 
-    /// Returns once every record is delivered or dead-lettered; false only when stopping.
-    mutating func deliver(_ records: [SpooledRecord], stopping: borrowing Atomic<Bool>) -> Bool {
-        var pending = records
+    /// Returns once every record of `batch` at `indices` is delivered or dead-lettered; false
+    /// only when stopping.
+    mutating func deliver(_ batch: SpoolBatch, _ indices: [Int], stopping: borrowing Atomic<Bool>) -> Bool {
+        var pending = indices
         var body: [UInt8] = []
         var encodedCount = -1
         while !pending.isEmpty {
@@ -213,7 +206,7 @@ private struct Sender {
             let node = nodes[nodeIndex % nodes.count]
             // Encoding and compressing is the costly part: retries of the same records reuse it.
             if encodedCount != pending.count {
-                body = encoder.encode(pending)
+                body = encoder.encode(batch, pending)
                 encodedCount = pending.count
             }
             let outcome: Result<(status: Int, body: [UInt8]), ClientError>
@@ -229,19 +222,19 @@ private struct Sender {
             case .success(let response) where response.status == 413:
                 // Too large for the node: halves go separately (a single record too large is dead).
                 if pending.count == 1 {
-                    deadLetter(pending[0], status: 413, type: "request_entity_too_large", reason: "a single record exceeds the node's limit")
+                    deadLetter(batch, pending[0], status: 413, type: "request_entity_too_large", reason: "a single record exceeds the node's limit")
                     return true
                 }
                 let half = pending.count / 2
-                guard deliver(Array(pending[..<half]), stopping: stopping) else { return false }
-                return deliver(Array(pending[half...]), stopping: stopping)
+                guard deliver(batch, Array(pending[..<half]), stopping: stopping) else { return false }
+                return deliver(batch, Array(pending[half...]), stopping: stopping)
             case .success(let response) where response.status == 429 || response.status >= 500:
                 retryWhole(pending.count, because: "\(node): HTTP \(response.status)")
             case .success(let response) where response.status >= 300:
                 if response.status == 400 {
                     // The node refused the request as a whole: no retry can fix it.
                     let reason = String(decoding: response.body.prefix(300), as: UTF8.self)
-                    for record in pending { deadLetter(record, status: 400, type: "bulk_request_rejected", reason: reason) }
+                    for index in pending { deadLetter(batch, index, status: 400, type: "bulk_request_rejected", reason: reason) }
                     return true
                 }
                 retryWhole(pending.count, because: "\(node): HTTP \(response.status) (check credentials and URL)")
@@ -258,13 +251,13 @@ private struct Sender {
                     retryWhole(pending.count, because: "\(node): unreadable _bulk response")
                     continue
                 }
-                var retry: [SpooledRecord] = []
+                var retry: [Int] = []
                 var delivered = 0
-                for (record, item) in zip(pending, items) {
+                for (index, item) in zip(pending, items) {
                     switch item.status {
                     case 200..<300, 409: delivered += 1
-                    case 429, 500...: retry.append(record)
-                    default: deadLetter(record, status: item.status, type: item.errorType ?? "rejected", reason: item.errorReason ?? "")
+                    case 429, 500...: retry.append(index)
+                    default: deadLetter(batch, index, status: item.status, type: item.errorType ?? "rejected", reason: item.errorReason ?? "")
                     }
                 }
                 count { counters in
@@ -302,18 +295,28 @@ private struct Sender {
         return list + authorizationHeader(settings)
     }
 
-    private mutating func deadLetter(_ record: SpooledRecord, status: Int, type: String, reason: String) {
-        var line = Array("{\"_id\":\"".utf8) + record.id + Array("\",\"_index\":\"\(encoder.indexName(record.timestampMilliseconds))\"".utf8)
-        line += Array(",\"status\":\(status),\"error\":{\"type\":".utf8)
-        line += jsonString(type) + Array(",\"reason\":".utf8) + jsonString(reason) + Array("},\"document\":".utf8)
-        line += record.document + Array("}\n".utf8)
+    private mutating func deadLetter(_ batch: SpoolBatch, _ index: Int, status: Int, type: String, reason: String) {
+        let id = String(decoding: batch.id(at: index), as: UTF8.self)
+        var line = JSONWriter()
+        line.beginObject()
+        line.field("_id", id)
+        line.field("_index", encoder.indexName(batch.timestampMilliseconds(at: index)))
+        line.field("status", status)
+        line.object("error") { w in
+            w.field("type", type)
+            w.field("reason", reason)
+        }
+        line.key("document")
+        batch.document(at: index).withUnsafeBytes { line.rawJSON($0) }
+        line.endObject()
+        line.newline()
         let fd = open(settings.spool + "/dead-letter.ndjson", O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o600)
         if fd >= 0 {
-            _ = try? writeAll(fd, line)
+            _ = try? writeAll(fd, line.bytes)
             close(fd)
         }
         count { $0.deadLettered += 1 }
-        Log.warning("elasticsearch refused record \(String(decoding: record.id, as: UTF8.self)) (\(status) \(type)): dead-lettered")
+        Log.warning("elasticsearch refused record \(id) (\(status) \(type)): dead-lettered")
     }
 }
 
@@ -324,20 +327,6 @@ func authorizationHeader(_ settings: ElasticsearchSettings) -> [(String, String)
         return [("Authorization", "Basic \(base64(Array("\(user):\(settings.password ?? "")".utf8)))")]
     }
     return []
-}
-
-func jsonString(_ text: String) -> [UInt8] {
-    var out: [UInt8] = [UInt8(ascii: "\"")]
-    for byte in text.utf8 {
-        switch byte {
-        case UInt8(ascii: "\""): out += [UInt8(ascii: "\\"), UInt8(ascii: "\"")]
-        case UInt8(ascii: "\\"): out += [UInt8(ascii: "\\"), UInt8(ascii: "\\")]
-        case 0..<0x20: out += Array("\\u00\(byte < 16 ? "0" : "")\(String(byte, radix: 16))".utf8)
-        default: out.append(byte)
-        }
-    }
-    out.append(UInt8(ascii: "\""))
-    return out
 }
 
 func base64(_ bytes: [UInt8]) -> String {
@@ -356,31 +345,41 @@ func base64(_ bytes: [UInt8]) -> String {
     return String(decoding: out, as: UTF8.self)
 }
 
-/// Builds gzip-compressed `_bulk` bodies: a `create` action with the record's own `_id` and its
-/// daily index, then the document, each line ending in a newline.
+/// Builds gzip-compressed `_bulk` bodies straight from spooled bytes: a `create` action with
+/// the record's own `_id` and its daily index, then the document, each line ending in a newline.
 public struct BulkEncoder {
     let index: String
     private var indexNames: [Int: String] = [:]
+    private var actionPrefixes: [Int: [UInt8]] = [:]
     private var ndjson: [UInt8] = []
 
     public init(index: String) { self.index = index }
 
-    public mutating func encode(_ records: [SpooledRecord]) -> [UInt8] {
+    public mutating func encode(_ batch: SpoolBatch, _ indices: [Int]) -> [UInt8] {
         ndjson.removeAll(keepingCapacity: true)
-        for record in records {
-            ndjson += Array("{\"create\":{\"_index\":\"".utf8)
-            ndjson += Array(indexName(record.timestampMilliseconds).utf8)
-            ndjson += Array("\",\"_id\":\"".utf8)
-            ndjson += record.id
-            ndjson += Array("\"}}\n".utf8)
-            ndjson += record.document
+        let suffix = Array("\"}}\n".utf8)
+        for index in indices {
+            ndjson.append(contentsOf: actionPrefix(batch.timestampMilliseconds(at: index)))
+            ndjson.append(contentsOf: batch.bytes[batch.idRange(index)])
+            ndjson.append(contentsOf: suffix)
+            ndjson.append(contentsOf: batch.bytes[batch.documentRange(index)])
             ndjson.append(0x0A)
         }
-        var compressed = [UInt8](repeating: 0, count: tg_gzip_bound(ndjson.count))
-        let size = ndjson.withUnsafeBytes { input in
-            compressed.withUnsafeMutableBytes { tg_gzip(input.baseAddress, input.count, $0.baseAddress, $0.count) }
+        let bound = tg_gzip_bound(ndjson.count)
+        let compressed = [UInt8](unsafeUninitializedCapacity: bound) { buffer, initialized in
+            let size = ndjson.withUnsafeBytes { tg_gzip($0.baseAddress, $0.count, buffer.baseAddress, bound) }
+            initialized = max(size, 0)
         }
-        return size > 0 ? Array(compressed[0..<size]) : ndjson
+        return compressed.isEmpty ? ndjson : compressed
+    }
+
+    /// `{"create":{"_index":"<index>-YYYY.MM.DD","_id":"` for the record's day.
+    private mutating func actionPrefix(_ milliseconds: Int64) -> [UInt8] {
+        let day = Int(milliseconds / 86_400_000)
+        if let cached = actionPrefixes[day] { return cached }
+        let prefix = Array("{\"create\":{\"_index\":\"\(indexName(milliseconds))\",\"_id\":\"".utf8)
+        actionPrefixes[day] = prefix
+        return prefix
     }
 
     /// `<index>-YYYY.MM.DD` in UTC, from the record's own timestamp.

@@ -7,21 +7,161 @@ import CTollgateShim
 import Synchronization
 import TollgateIO
 
-/// One flow record as the shipper handles it: when it happened (for the daily index), its
-/// `_id`, and the ECS document.
-public struct SpooledRecord: Sendable {
-    public let timestampMilliseconds: Int64
-    /// 32 lower-case hex characters.
-    public let id: [UInt8]
-    public let document: [UInt8]
+/// A record's Elasticsearch `_id` (also its `event.id`): a random prefix chosen per loop at
+/// start-up and that loop's counter, as 32 hex digits — unique across loops and restarts
+/// without any coordination, and stable across retries so a redelivery is a harmless 409.
+public struct RecordID: Sendable, Equatable {
+    public let prefix: UInt64
+    public let counter: UInt64
 
-    public init(timestampMilliseconds: Int64, id: [UInt8], document: [UInt8]) {
-        self.timestampMilliseconds = timestampMilliseconds
-        self.id = id
-        self.document = document
+    public init(prefix: UInt64, counter: UInt64) {
+        self.prefix = prefix
+        self.counter = counter
     }
 
-    var encodedSize: Int { Spool.headerSize + 8 + 32 + document.count }
+    /// As a JSON string value.
+    public func write(into out: inout JSONWriter) {
+        out.openString()
+        out.hexDigits(prefix)
+        out.hexDigits(counter)
+        out.closeString()
+    }
+
+    static let hexCount = 32
+
+    /// The 32 hex digits at `destination`.
+    func writeHex(to destination: UnsafeMutablePointer<UInt8>) {
+        for (offset, value) in [(0, prefix), (16, counter)] {
+            for k in 0..<16 {
+                let nibble = UInt8((value >> (60 - 4 * UInt64(k))) & 0xF)
+                destination[offset + k] = nibble < 10 ? 0x30 + nibble : 0x57 + nibble
+            }
+        }
+    }
+}
+
+/// Records framed as spool entries, back to back: what the loops hand to the shipper (one
+/// copy of the document each, no per-record objects) and what the spool writes in one go.
+/// Entry: magic, 3 reserved bytes, body length (u32 LE), CRC-32C of the body (u32 LE); body:
+/// timestamp in Unix milliseconds (i64 LE), the 32-character id, the ECS document.
+public struct FramedRecords: Sendable {
+    public private(set) var bytes: [UInt8] = []
+    public private(set) var count = 0
+    /// Entries up to here carry their CRC; the rest get it from `seal()`, off the loops.
+    private var sealedBytes = 0
+
+    public init() {}
+
+    public mutating func append(timestampMilliseconds: Int64, id: RecordID, document: UnsafeRawBufferPointer) {
+        let bodyLength = 8 + RecordID.hexCount + document.count
+        let start = bytes.count
+        bytes.append(contentsOf: repeatElement(0, count: Spool.headerSize + bodyLength))
+        bytes.withUnsafeMutableBytes { raw in
+            let entry = raw.baseAddress! + start
+            entry.storeBytes(of: Spool.magic, as: UInt8.self)
+            entry.storeBytes(of: UInt32(bodyLength).littleEndian, toByteOffset: 4, as: UInt32.self)
+            entry.storeBytes(of: timestampMilliseconds.littleEndian, toByteOffset: Spool.headerSize, as: Int64.self)
+            id.writeHex(to: (entry + Spool.headerSize + 8).assumingMemoryBound(to: UInt8.self))
+            if document.count > 0 {
+                (entry + Spool.headerSize + 8 + RecordID.hexCount).copyMemory(from: document.baseAddress!, byteCount: document.count)
+            }
+        }
+        count += 1
+    }
+
+    /// Computes the CRCs of entries appended since the last call.
+    public mutating func seal() {
+        var offset = sealedBytes
+        bytes.withUnsafeMutableBytes { raw in
+            while offset < raw.count {
+                let length = Int(UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: offset + 4, as: UInt32.self)))
+                let crc = tg_crc32c(raw.baseAddress! + offset + Spool.headerSize, length)
+                raw.storeBytes(of: crc.littleEndian, toByteOffset: offset + 8, as: UInt32.self)
+                offset += Spool.headerSize + length
+            }
+        }
+        sealedBytes = offset
+    }
+
+    /// The leading entries that fit in `limit` bytes: their size and number.
+    public func prefix(upToBytes limit: Int) -> (bytes: Int, records: Int) {
+        var offset = 0, records = 0
+        bytes.withUnsafeBytes { raw in
+            while offset < raw.count {
+                let size = Spool.headerSize + Int(UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: offset + 4, as: UInt32.self)))
+                if offset + size > limit { break }
+                offset += size
+                records += 1
+            }
+        }
+        return (offset, records)
+    }
+
+    /// Drops the leading `records` entries (`bytes` long, as `prefix` measured them).
+    public mutating func removeFirst(bytes byteCount: Int, records: Int) {
+        bytes.removeFirst(byteCount)
+        count -= records
+        sealedBytes = max(0, sealedBytes - byteCount)
+    }
+
+    /// Puts `earlier` back in front (records that could not be written yet keep their order).
+    public mutating func prepend(_ earlier: FramedRecords) {
+        bytes.insert(contentsOf: earlier.bytes, at: 0)
+        count += earlier.count
+        sealedBytes = earlier.sealedBytes == earlier.bytes.count ? sealedBytes + earlier.bytes.count : earlier.sealedBytes
+    }
+
+    public mutating func removeAll() {
+        bytes.removeAll(keepingCapacity: true)
+        count = 0
+        sealedBytes = 0
+    }
+}
+
+/// Entries read back from the spool: one contiguous copy of their bytes and where each body
+/// lies in it. The sender builds `_bulk` bodies straight from these bytes.
+public struct SpoolBatch: Sendable {
+    let bytes: [UInt8]
+    /// Body ranges in `bytes`, in spool order.
+    let bodies: [Range<Int>]
+
+    init(bytes: [UInt8], bodies: [Range<Int>]) {
+        self.bytes = bytes
+        self.bodies = bodies
+    }
+
+    /// The entries of `framed` as a batch without a trip through the disk (benchmarks, tests).
+    public init(framed: FramedRecords) {
+        var bodies: [Range<Int>] = []
+        var offset = 0
+        framed.bytes.withUnsafeBytes { raw in
+            while offset < raw.count {
+                let length = Int(UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: offset + 4, as: UInt32.self)))
+                bodies.append((offset + Spool.headerSize)..<(offset + Spool.headerSize + length))
+                offset += Spool.headerSize + length
+            }
+        }
+        self.init(bytes: framed.bytes, bodies: bodies)
+    }
+
+    public var count: Int { bodies.count }
+
+    public func timestampMilliseconds(at index: Int) -> Int64 {
+        bytes.withUnsafeBytes { Int64(littleEndian: $0.loadUnaligned(fromByteOffset: bodies[index].lowerBound, as: Int64.self)) }
+    }
+
+    public func id(at index: Int) -> ArraySlice<UInt8> { bytes[idRange(index)] }
+    public func document(at index: Int) -> ArraySlice<UInt8> { bytes[documentRange(index)] }
+
+    func idRange(_ index: Int) -> Range<Int> {
+        let start = bodies[index].lowerBound + 8
+        return start..<(start + RecordID.hexCount)
+    }
+
+    func documentRange(_ index: Int) -> Range<Int> { (bodies[index].lowerBound + 8 + RecordID.hexCount)..<bodies[index].upperBound }
+
+    /// Bytes of the documents at `indices` (batch sizing).
+    func documentBytes(_ indices: some Collection<Int>) -> Int { indices.reduce(0) { $0 + documentRange($1).count } }
 }
 
 /// A place in the spool: a segment number and a byte offset in it.
@@ -32,13 +172,14 @@ public struct SpoolPosition: Comparable, Sendable, CustomStringConvertible {
     public var description: String { "\(segment):\(offset)" }
 }
 
-/// A segmented append-only log of records on disk. Each entry carries its length and a CRC-32,
+/// A segmented append-only log of records on disk. Each entry carries its length and a CRC-32C,
 /// so a torn tail after a crash is detected and cut off; a segment is deleted only once every
 /// record in it was acknowledged. The acknowledged position is kept in `ack` (write + rename).
 /// Thread-safe: one writer thread appends, one sender thread reads and acknowledges.
 public final class Spool: Sendable {
     static let headerSize = 12
-    private static let magic: UInt8 = 0xA5
+    /// 0xA6: entries checksummed with CRC-32C (0xA5, zlib CRC-32, was never released).
+    static let magic: UInt8 = 0xA6
     /// Segments roll over at this size so acknowledged data is freed in steps.
     private static let segmentBytes = 16 << 20
 
@@ -70,20 +211,18 @@ public final class Spool: Sendable {
     public var endPosition: SpoolPosition { state.withLock { $0.end } }
     public var acknowledgedPosition: SpoolPosition { state.withLock { $0.acked } }
 
-    /// Appends records (one write per call); the caller enforces the size limit.
-    public func append(_ records: [SpooledRecord]) throws(SystemError) {
-        guard !records.isEmpty else { return }
-        var bytes: [UInt8] = []
-        bytes.reserveCapacity(records.reduce(0) { $0 + $1.encodedSize })
-        for record in records { Self.encode(record, into: &bytes) }
+    /// Appends the first `records` sealed entries of `framed`, `byteCount` bytes, in one write;
+    /// the caller enforces the size limit.
+    public func append(_ framed: FramedRecords, byteCount: Int, records: Int) throws(SystemError) {
+        guard records > 0 else { return }
         try state.withLock { (state) throws(SystemError) in
             if state.activeFD < 0 || state.segments[state.active, default: 0] >= Self.segmentBytes {
                 try roll(&state)
             }
-            try writeAll(state.activeFD, bytes)
-            state.segments[state.active, default: 0] += bytes.count
+            try writeAll(state.activeFD, framed.bytes, count: byteCount)
+            state.segments[state.active, default: 0] += byteCount
             state.end = SpoolPosition(segment: state.active, offset: state.segments[state.active]!)
-            state.records += records.count
+            state.records += records
             state.dirty = true
         }
     }
@@ -97,12 +236,14 @@ public final class Spool: Sendable {
         if fd >= 0 { _ = fdatasync(fd) }
     }
 
-    /// Reads records from `position` up to the end written so far, at most `maxRecords` / `maxBytes`.
-    public func read(from position: SpoolPosition, maxRecords: Int, maxBytes: Int) -> (records: [SpooledRecord], next: SpoolPosition) {
-        var records: [SpooledRecord] = []
+    /// Reads entries from `position` up to the end written so far, at most `maxRecords` of them
+    /// and about `maxBytes` of documents.
+    public func read(from position: SpoolPosition, maxRecords: Int, maxBytes: Int) -> (batch: SpoolBatch, next: SpoolPosition) {
+        var bytes: [UInt8] = []
+        var bodies: [Range<Int>] = []
         var cursor = position
-        var bytes = 0
-        while records.count < maxRecords && bytes < maxBytes {
+        var documentBytes = 0
+        while bodies.count < maxRecords && documentBytes < maxBytes {
             let (end, active, next) = state.withLock { state in
                 (cursor.segment == state.active ? state.end.offset : (state.segments[cursor.segment] ?? 0), state.active,
                  state.segments.keys.filter { $0 > cursor.segment }.min())
@@ -113,18 +254,22 @@ public final class Spool: Sendable {
                 cursor = SpoolPosition(segment: next, offset: 0)
                 continue
             }
-            let chunk = readSegment(cursor.segment, from: cursor.offset, upTo: min(end, cursor.offset + max(maxBytes - bytes, 1 << 16)))
-            var offset = 0
-            while offset < chunk.count && records.count < maxRecords && bytes < maxBytes {
-                guard let (record, size) = Self.decode(chunk, at: offset) else { break }
-                records.append(record)
-                offset += size
-                bytes += record.document.count
+            let chunkStart = bytes.count
+            readSegment(cursor.segment, from: cursor.offset, upTo: min(end, cursor.offset + max(maxBytes - documentBytes, 1 << 16)), into: &bytes)
+            var offset = chunkStart
+            bytes.withUnsafeBytes { raw in
+                while offset < raw.count && bodies.count < maxRecords && documentBytes < maxBytes {
+                    guard let size = Self.entrySize(raw, at: offset) else { break }
+                    bodies.append((offset + Self.headerSize)..<(offset + size))
+                    documentBytes += size - Self.headerSize - 8 - RecordID.hexCount
+                    offset += size
+                }
             }
-            if offset == 0 { break }
-            cursor.offset += offset
+            bytes.removeLast(bytes.count - offset)
+            if offset == chunkStart { break }
+            cursor.offset += offset - chunkStart
         }
-        return (records, cursor)
+        return (SpoolBatch(bytes: bytes, bodies: bodies), cursor)
     }
 
     /// Everything before `position` is delivered: forget it, deleting whole segments.
@@ -183,11 +328,14 @@ public final class Spool: Sendable {
                 continue
             }
             // Keep the valid prefix: a crash can leave half an entry at the end.
-            let bytes = readSegment(segment, from: 0, upTo: Int.max)
+            var bytes: [UInt8] = []
+            readSegment(segment, from: 0, upTo: Int.max, into: &bytes)
             var offset = 0
-            while let (_, size) = Self.decode(bytes, at: offset) {
-                if ack == nil || segment > ack!.segment || offset >= ack!.offset { state.records += 1 }
-                offset += size
+            bytes.withUnsafeBytes { raw in
+                while let size = Self.entrySize(raw, at: offset) {
+                    if ack == nil || segment > ack!.segment || offset >= ack!.offset { state.records += 1 }
+                    offset += size
+                }
             }
             if offset < bytes.count { _ = truncate(path(segment), off_t(offset)) }
             state.segments[segment] = offset
@@ -204,17 +352,19 @@ public final class Spool: Sendable {
         state.end = SpoolPosition(segment: state.active, offset: 0)
     }
 
-    private func readSegment(_ segment: UInt64, from offset: Int, upTo end: Int) -> [UInt8] {
+    /// Appends the segment's bytes from `offset` to `end` (or its size) to `bytes`.
+    private func readSegment(_ segment: UInt64, from offset: Int, upTo end: Int, into bytes: inout [UInt8]) {
         let fd = open(path(segment), O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { return [] }
+        guard fd >= 0 else { return }
         defer { close(fd) }
         var size = stat()
-        guard fstat(fd, &size) == 0 else { return [] }
+        guard fstat(fd, &size) == 0 else { return }
         let length = min(Int(size.st_size), end) - offset
-        guard length > 0 else { return [] }
-        var bytes = [UInt8](repeating: 0, count: length)
-        let n = bytes.withUnsafeMutableBytes { pread(fd, $0.baseAddress, length, off_t(offset)) }
-        return n > 0 ? Array(bytes[0..<n]) : []
+        guard length > 0 else { return }
+        let start = bytes.count
+        bytes.append(contentsOf: repeatElement(0, count: length))
+        let n = bytes.withUnsafeMutableBytes { pread(fd, $0.baseAddress! + start, length, off_t(offset)) }
+        bytes.removeLast(length - max(n, 0))
     }
 
     private func readAck() -> SpoolPosition? {
@@ -242,43 +392,24 @@ public final class Spool: Sendable {
 
     // MARK: Entries
 
-    static func encode(_ record: SpooledRecord, into bytes: inout [UInt8]) {
-        var body: [UInt8] = []
-        body.reserveCapacity(40 + record.document.count)
-        withUnsafeBytes(of: record.timestampMilliseconds.littleEndian) { body.append(contentsOf: $0) }
-        body.append(contentsOf: record.id.prefix(32))
-        body.append(contentsOf: [UInt8](repeating: UInt8(ascii: "0"), count: max(0, 32 - record.id.count)))
-        body.append(contentsOf: record.document)
-        let crc = body.withUnsafeBytes { tg_crc32($0.baseAddress, $0.count) }
-        bytes.append(magic)
-        bytes.append(contentsOf: [0, 0, 0])
-        withUnsafeBytes(of: UInt32(body.count).littleEndian) { bytes.append(contentsOf: $0) }
-        withUnsafeBytes(of: crc.littleEndian) { bytes.append(contentsOf: $0) }
-        bytes.append(contentsOf: body)
-    }
-
-    static func decode(_ bytes: [UInt8], at offset: Int) -> (SpooledRecord, Int)? {
-        guard bytes.count - offset >= headerSize + 40, bytes[offset] == magic else { return nil }
-        func u32(_ at: Int) -> UInt32 {
-            UInt32(bytes[at]) | UInt32(bytes[at + 1]) << 8 | UInt32(bytes[at + 2]) << 16 | UInt32(bytes[at + 3]) << 24
-        }
-        let length = Int(u32(offset + 4))
+    /// The size of the valid entry at `offset`, or nil for a torn, corrupt or missing one.
+    static func entrySize(_ bytes: UnsafeRawBufferPointer, at offset: Int) -> Int? {
+        guard bytes.count - offset >= headerSize + 8 + RecordID.hexCount, bytes[offset] == magic else { return nil }
+        let length = Int(UInt32(littleEndian: bytes.loadUnaligned(fromByteOffset: offset + 4, as: UInt32.self)))
         let start = offset + headerSize
-        guard length >= 40, bytes.count - start >= length else { return nil }
-        let crc = bytes[start..<(start + length)].withUnsafeBytes { tg_crc32($0.baseAddress, $0.count) }
-        guard crc == u32(offset + 8) else { return nil }
-        var timestamp: Int64 = 0
-        for k in 0..<8 { timestamp |= Int64(bytes[start + k]) << (8 * Int64(k)) }
-        let id = Array(bytes[(start + 8)..<(start + 40)])
-        let document = Array(bytes[(start + 40)..<(start + length)])
-        return (SpooledRecord(timestampMilliseconds: timestamp, id: id, document: document), headerSize + length)
+        guard length >= 8 + RecordID.hexCount, bytes.count - start >= length else { return nil }
+        let crc = UInt32(littleEndian: bytes.loadUnaligned(fromByteOffset: offset + 8, as: UInt32.self))
+        guard tg_crc32c(bytes.baseAddress! + start, length) == crc else { return nil }
+        return headerSize + length
     }
 }
 
-func writeAll(_ fd: CInt, _ bytes: [UInt8]) throws(SystemError) {
+/// Writes the first `count` bytes (all by default), resuming after short writes.
+func writeAll(_ fd: CInt, _ bytes: [UInt8], count: Int? = nil) throws(SystemError) {
+    let total = count ?? bytes.count
     var offset = 0
-    while offset < bytes.count {
-        let n = bytes.withUnsafeBytes { write(fd, $0.baseAddress! + offset, $0.count - offset) }
+    while offset < total {
+        let n = bytes.withUnsafeBytes { write(fd, $0.baseAddress! + offset, total - offset) }
         if n < 0 {
             if errno == EINTR { continue }
             throw SystemError(call: "write", errno: Errno(rawValue: errno))

@@ -1,6 +1,7 @@
 import Testing
 import TollgateHTTP
 import TollgateIO
+import TollgateShipping
 @testable import TollgateProxy
 
 @Suite struct FlowRecordTests {
@@ -16,7 +17,7 @@ import TollgateIO
         record.errorMessage = "quote \" and\nnewline"
         record.errorType = "x"
         var writer = JSONWriter()
-        record.encode(into: &writer, id: "0123456789abcdef0123456789abcdef",
+        record.encode(into: &writer, id: RecordID(prefix: 0x0123456789abcdef, counter: 0x0123456789abcdef),
                       observer: FlowRecord.Observer(hostname: "gw", version: "0.1.0"), redaction: Redaction(extraHeaders: []))
         let line = String(decoding: writer.bytes, as: UTF8.self)
         #expect(line.hasPrefix("{\"@timestamp\":\"2025-11-24T16:00:00.123Z\",\"event\":{\"id\":\"0123456789abcdef0123456789abcdef\",\"kind\":\"event\",\"category\":[\"network\",\"web\"],\"type\":[\"access\"],\"action\":\"http_request\""))

@@ -1,3 +1,4 @@
+import CTollgateShim
 import Glibc
 import Testing
 @testable import TollgateShipping
@@ -7,17 +8,36 @@ private func temporaryDirectory() -> String {
     return template.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)) } + "/spool"
 }
 
-private func record(_ n: Int) -> SpooledRecord {
-    let id = Array(String(repeating: "0", count: 32 - String(n).count).utf8) + Array(String(n).utf8)
-    return SpooledRecord(timestampMilliseconds: 1_764_000_000_000 + Int64(n), id: id, document: Array("{\"n\":\(n)}".utf8))
+/// Records n in `range`: id counter n, timestamp base + n, document {"n":n}.
+private func records(_ range: Range<Int>) -> FramedRecords {
+    var framed = FramedRecords()
+    for n in range {
+        Array("{\"n\":\(n)}".utf8).withUnsafeBytes {
+            framed.append(timestampMilliseconds: 1_764_000_000_000 + Int64(n), id: RecordID(prefix: 7, counter: UInt64(n)), document: $0)
+        }
+    }
+    framed.seal()
+    return framed
+}
+
+extension Spool {
+    fileprivate func append(_ framed: FramedRecords) throws {
+        try append(framed, byteCount: framed.bytes.count, records: framed.count)
+    }
+}
+
+extension SpoolBatch {
+    fileprivate var documents: [String] { (0..<count).map { String(decoding: document(at: $0), as: UTF8.self) } }
+    fileprivate var timestamps: [Int64] { (0..<count).map { timestampMilliseconds(at: $0) } }
 }
 
 @Suite struct SpoolTests {
     @Test func readsBackWhatWasAppendedInOrder() throws {
         let spool = try Spool(directory: temporaryDirectory())
-        try spool.append((0..<100).map(record))
+        try spool.append(records(0..<100))
         let (records, next) = spool.read(from: spool.acknowledgedPosition, maxRecords: 60, maxBytes: 1 << 20)
-        #expect(records.map { String(decoding: $0.document, as: UTF8.self) } == (0..<60).map { "{\"n\":\($0)}" })
+        #expect(records.documents == (0..<60).map { "{\"n\":\($0)}" })
+        #expect(String(decoding: records.id(at: 3), as: UTF8.self) == "00000000000000070000000000000003")
         let (rest, end) = spool.read(from: next, maxRecords: 1000, maxBytes: 1 << 20)
         #expect(rest.count == 40)
         #expect(end == spool.endPosition)
@@ -28,14 +48,14 @@ private func record(_ n: Int) -> SpooledRecord {
         let directory = temporaryDirectory()
         do {
             let spool = try Spool(directory: directory)
-            try spool.append((0..<10).map(record))
+            try spool.append(records(0..<10))
             let (first, next) = spool.read(from: spool.acknowledgedPosition, maxRecords: 4, maxBytes: 1 << 20)
             #expect(first.count == 4)
             spool.acknowledge(upTo: next, records: 4)
         }
         let reopened = try Spool(directory: directory)
         let (records, _) = reopened.read(from: reopened.acknowledgedPosition, maxRecords: 100, maxBytes: 1 << 20)
-        #expect(records.map(\.timestampMilliseconds) == (4..<10).map { 1_764_000_000_000 + Int64($0) })
+        #expect(records.timestamps == (4..<10).map { 1_764_000_000_000 + Int64($0) })
         #expect(reopened.unacknowledgedRecords == 6)
     }
 
@@ -43,12 +63,12 @@ private func record(_ n: Int) -> SpooledRecord {
         let directory = temporaryDirectory()
         do {
             let spool = try Spool(directory: directory)
-            try spool.append((0..<3).map(record))
+            try spool.append(records(0..<3))
         }
         // Half an entry at the end, as a crash in the middle of a write leaves it.
         let path = directory + "/000000000001.seg"
         let fd = open(path, O_WRONLY | O_APPEND)
-        let garbage: [UInt8] = [0xA5, 0, 0, 0, 200, 0, 0, 0, 1, 2, 3]
+        let garbage: [UInt8] = [0xA6, 0, 0, 0, 200, 0, 0, 0, 1, 2, 3]
         _ = garbage.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
         close(fd)
         let reopened = try Spool(directory: directory)
@@ -59,11 +79,11 @@ private func record(_ n: Int) -> SpooledRecord {
     @Test func acknowledgingDeletesFinishedSegments() throws {
         let directory = temporaryDirectory()
         let spool = try Spool(directory: directory)
-        try spool.append((0..<5).map(record))
+        try spool.append(records(0..<5))
         let before = spool.totalBytes
         #expect(before > 0)
         let reopened = try Spool(directory: directory)  // seals segment 1, appends go to 2
-        try reopened.append([record(99)])
+        try reopened.append(records(99..<100))
         let (records, next) = reopened.read(from: reopened.acknowledgedPosition, maxRecords: 100, maxBytes: 1 << 20)
         #expect(records.count == 6)
         reopened.acknowledge(upTo: next, records: 6)
@@ -97,14 +117,52 @@ private func record(_ n: Int) -> SpooledRecord {
 
     @Test func fullyAcknowledgedSpoolFreesItsSpaceAtOnce() throws {
         let spool = try Spool(directory: temporaryDirectory())
-        try spool.append((0..<50).map(record))
+        try spool.append(records(0..<50))
         #expect(spool.totalBytes > 0)
-        let (records, next) = spool.read(from: spool.acknowledgedPosition, maxRecords: 100, maxBytes: 1 << 20)
-        spool.acknowledge(upTo: next, records: records.count)
+        let (all, next) = spool.read(from: spool.acknowledgedPosition, maxRecords: 100, maxBytes: 1 << 20)
+        spool.acknowledge(upTo: next, records: all.count)
         #expect(spool.totalBytes == 0)
-        try spool.append([record(7)])
+        try spool.append(records(7..<8))
         let (more, _) = spool.read(from: next, maxRecords: 100, maxBytes: 1 << 20)
-        #expect(more.map(\.timestampMilliseconds) == [1_764_000_000_007])
+        #expect(more.timestamps == [1_764_000_000_007])
+    }
+
+    @Test func framedRecordsSplitAtTheSpoolLimitAndRequeueInOrder() {
+        var written = records(0..<10)
+        // Ten entries of 59 bytes: half the bytes hold exactly five.
+        let (bytes, count) = written.prefix(upToBytes: written.bytes.count / 2)
+        #expect(count == 5)
+        written.removeFirst(bytes: bytes, records: count)
+        var queue = FramedRecords()
+        Array("{\"n\":10}".utf8).withUnsafeBytes {
+            queue.append(timestampMilliseconds: 1_764_000_000_010, id: RecordID(prefix: 7, counter: 10), document: $0)
+        }
+        queue.prepend(written)
+        queue.seal()
+        let batch = SpoolBatch(framed: queue)
+        #expect(batch.documents == (5..<11).map { "{\"n\":\($0)}" })
+        #expect(queue.bytes.withUnsafeBytes { raw in Spool.entrySize(raw, at: raw.count - 60) } == 60)
+    }
+
+    @Test func bulkBodiesNameTheDailyIndexAndTheRecordId() {
+        let batch = SpoolBatch(framed: records(0..<3))
+        var encoder = BulkEncoder(index: "autocode-traffic")
+        let body = encoder.encode(batch, [2, 0])
+        var plain = [UInt8](repeating: 0, count: 4096)
+        let size = body.withUnsafeBytes { gz in plain.withUnsafeMutableBytes { tg_gunzip(gz.baseAddress, gz.count, $0.baseAddress, $0.count) } }
+        #expect(String(decoding: plain.prefix(max(size, 0)), as: UTF8.self) == """
+            {"create":{"_index":"autocode-traffic-2025.11.24","_id":"00000000000000070000000000000002"}}
+            {"n":2}
+            {"create":{"_index":"autocode-traffic-2025.11.24","_id":"00000000000000070000000000000000"}}
+            {"n":0}
+
+            """)
+    }
+
+    @Test func crc32cMatchesTheStandardCheckValue() {
+        #expect(Array("123456789".utf8).withUnsafeBytes { tg_crc32c($0.baseAddress, $0.count) } == 0xE306_9283)
+        let long = (0..<1000).map { UInt8($0 & 0xFF) }
+        #expect(long.withUnsafeBytes { tg_crc32c($0.baseAddress, $0.count) } != long.dropFirst().withUnsafeBytes { tg_crc32c($0.baseAddress, $0.count) })
     }
 
     @Test func templateIsValidJSONCoveringTheRecordFields() throws {

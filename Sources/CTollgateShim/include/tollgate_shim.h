@@ -71,7 +71,7 @@ size_t tg_gzip_bound(size_t len);
 long tg_gunzip(const void *in, size_t len, void *out, size_t cap);
 /// Compresses a whole file to `destination` (gzip); 0 on success.
 int tg_gzip_file(const char *source, const char *destination);
-/// CRC-32 (zlib's) of a buffer, for spool records.
-uint32_t tg_crc32(const void *buf, size_t len);
+/// CRC-32C (Castagnoli) of a buffer, for spool entries; hardware-accelerated where the CPU has it.
+uint32_t tg_crc32c(const void *buf, size_t len);
 
 #endif

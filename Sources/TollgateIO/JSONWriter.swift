@@ -1,0 +1,315 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Writes JSON straight into bytes — flow records, error bodies, bulk dead letters — without
+/// Foundation coders or per-value allocations: one growable buffer, reused across records.
+/// Keys are static strings; values are escaped as needed, most of them copied in one go.
+public struct JSONWriter: ~Copyable {
+    // Internal but inlinable: the record encoder calls key/byte/reserve a hundred times per
+    // record, from another module.
+    @usableFromInline var storage: UnsafeMutablePointer<UInt8>
+    @usableFromInline var capacity: Int
+    /// Bytes written so far.
+    @usableFromInline var written = 0
+    public var count: Int { written }
+    @usableFromInline var needsComma = false
+
+    public init(capacity: Int = 1024) {
+        self.capacity = max(capacity, 64)
+        storage = .allocate(capacity: self.capacity)
+    }
+
+    deinit { storage.deallocate() }
+
+    /// The bytes written so far, valid only inside `body`.
+    public func withBytes<R>(_ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
+        try body(UnsafeRawBufferPointer(start: storage, count: written))
+    }
+
+    /// A copy of the bytes written so far (for cold paths).
+    public var bytes: [UInt8] { Array(UnsafeBufferPointer(start: storage, count: written)) }
+
+    public mutating func reset() { written = 0; needsComma = false }
+
+    // MARK: Structure
+
+    @inlinable public mutating func beginObject() { separator(); byte(UInt8(ascii: "{")); needsComma = false }
+    @inlinable public mutating func endObject() { byte(UInt8(ascii: "}")); needsComma = true }
+    public mutating func newline() { byte(0x0A); needsComma = false }
+
+    @inlinable public mutating func key(_ name: StaticString) {
+        separator()
+        reserve(name.utf8CodeUnitCount + 3)
+        storage[written] = UInt8(ascii: "\"")
+        // Keys are short: a plain loop beats a call to memmove.
+        let source = name.utf8Start
+        for k in 0..<name.utf8CodeUnitCount { storage[written + 1 + k] = source[k] }
+        written += name.utf8CodeUnitCount + 1
+        storage[written] = UInt8(ascii: "\"")
+        storage[written + 1] = UInt8(ascii: ":")
+        written += 2
+        needsComma = false
+    }
+
+    /// A key chosen at run time (escaped like any string).
+    public mutating func key(dynamic name: String) {
+        separator()
+        string(name)
+        byte(UInt8(ascii: ":"))
+        needsComma = false
+    }
+
+    public mutating func object(_ name: StaticString, _ body: (inout JSONWriter) -> Void) {
+        key(name)
+        beginObject()
+        body(&self)
+        endObject()
+    }
+
+    // MARK: Fields (skipped when the value is nil)
+
+    public mutating func field(_ name: StaticString, _ value: String?) {
+        guard let value else { return }
+        key(name)
+        string(value)
+    }
+
+    public mutating func field(_ name: StaticString, _ value: Int?) {
+        guard let value else { return }
+        key(name)
+        integer(value)
+    }
+
+    public mutating func field(_ name: StaticString, _ value: Bool?) {
+        guard let value else { return }
+        key(name)
+        raw(value ? "true" : "false")
+        needsComma = true
+    }
+
+    /// An IP address as a string field, written without building a String for IPv4.
+    public mutating func field(_ name: StaticString, _ ip: IPAddress?) {
+        guard let ip else { return }
+        key(name)
+        guard ip.isV4 else { return string(ip.description) }
+        reserve(17)
+        byte(UInt8(ascii: "\""))
+        ip.withV4Octets { a, b, c, d in
+            decimal(Int(a)); byte(UInt8(ascii: "."))
+            decimal(Int(b)); byte(UInt8(ascii: "."))
+            decimal(Int(c)); byte(UInt8(ascii: "."))
+            decimal(Int(d))
+        }
+        byte(UInt8(ascii: "\""))
+        needsComma = true
+    }
+
+    // MARK: Values (after `key`)
+
+    /// An array of static strings.
+    public mutating func stringArray(_ values: StaticString...) {
+        byte(UInt8(ascii: "["))
+        for (index, value) in values.enumerated() {
+            if index > 0 { byte(UInt8(ascii: ",")) }
+            byte(UInt8(ascii: "\""))
+            raw(value)
+            byte(UInt8(ascii: "\""))
+        }
+        byte(UInt8(ascii: "]"))
+        needsComma = true
+    }
+
+    public mutating func string(_ value: String) {
+        let done: Void? = value.utf8.withContiguousStorageIfAvailable { stringValue(UnsafeRawBufferPointer($0)) }
+        if done == nil { stringValue(bytes: Array(value.utf8)) }
+    }
+
+    /// A string value from raw bytes, escaped as needed.
+    public mutating func stringValue(bytes value: [UInt8]) {
+        value.withUnsafeBytes { stringValue($0) }
+    }
+
+    public mutating func stringValue(_ value: UnsafeRawBufferPointer) {
+        openString()
+        appendEscaped(value)
+        closeString()
+    }
+
+    public mutating func integer(_ value: Int) {
+        decimal(value)
+        needsComma = true
+    }
+
+    /// An already encoded JSON value, copied as it is.
+    public mutating func rawJSON(_ value: UnsafeRawBufferPointer) {
+        copy(value, from: 0, to: value.count)
+        needsComma = true
+    }
+
+    /// 16 lower-case hex digits of `value`, inside an open string (record ids).
+    public mutating func hexDigits(_ value: UInt64) {
+        reserve(16)
+        for k in 0..<16 {
+            let nibble = UInt8((value >> (60 - 4 * UInt64(k))) & 0xF)
+            storage[written + k] = nibble < 10 ? 0x30 + nibble : 0x57 + nibble
+        }
+        written += 16
+    }
+
+    /// An ISO 8601 UTC timestamp with milliseconds, from Unix milliseconds.
+    public mutating func timestamp(milliseconds: Int64) {
+        let days = Int(milliseconds / 86_400_000)
+        let msOfDay = Int(milliseconds % 86_400_000)
+        let (year, month, day) = civilDate(daysSinceEpoch: days)
+        reserve(26)
+        byte(UInt8(ascii: "\""))
+        padded(year, 4); byte(UInt8(ascii: "-")); padded(month, 2); byte(UInt8(ascii: "-")); padded(day, 2)
+        byte(UInt8(ascii: "T"))
+        padded(msOfDay / 3_600_000, 2); byte(UInt8(ascii: ":"))
+        padded(msOfDay / 60_000 % 60, 2); byte(UInt8(ascii: ":"))
+        padded(msOfDay / 1000 % 60, 2); byte(UInt8(ascii: "."))
+        padded(msOfDay % 1000, 3)
+        byte(UInt8(ascii: "Z")); byte(UInt8(ascii: "\""))
+        needsComma = true
+    }
+
+    /// A key given as bytes that need no escaping (HTTP header names are tokens), lower-cased.
+    public mutating func lowercasedTokenKey(_ name: UnsafeRawBufferPointer) {
+        separator()
+        reserve(name.count + 3)
+        byte(UInt8(ascii: "\""))
+        for byte in name { storage[written] = byte >= 0x41 && byte <= 0x5A ? byte | 0x20 : byte; written += 1 }
+        byte(UInt8(ascii: "\""))
+        byte(UInt8(ascii: ":"))
+        needsComma = false
+    }
+
+    // MARK: Strings built from pieces
+
+    public mutating func openString() { byte(UInt8(ascii: "\"")) }
+    public mutating func closeString() { byte(UInt8(ascii: "\"")); needsComma = true }
+
+    /// Appends `value` inside an open string, escaping what JSON requires: runs that need no
+    /// escaping (nearly all of them) are copied in one go.
+    public mutating func appendEscaped(_ value: UnsafeRawBufferPointer) {
+        reserve(value.count)
+        var runStart = 0
+        var index = 0
+        while index < value.count {
+            // Eight bytes at a time while none of them needs escaping.
+            if value.count - index >= 8 && !Self.needsEscaping(value.loadUnaligned(fromByteOffset: index, as: UInt64.self)) {
+                index += 8
+                continue
+            }
+            let byte = value[index]
+            if byte < 0x20 || byte == UInt8(ascii: "\"") || byte == UInt8(ascii: "\\") || byte == 0x7F {
+                copy(value, from: runStart, to: index)
+                escape(byte)
+                runStart = index + 1
+            }
+            index += 1
+        }
+        copy(value, from: runStart, to: value.count)
+    }
+
+    /// True when some byte of `word` is a control character, a quote, a backslash or DEL (bit tricks from
+    /// "Bit Twiddling Hacks": a byte below n, a byte equal to n).
+    @inline(__always)
+    private static func needsEscaping(_ word: UInt64) -> Bool {
+        let ones: UInt64 = 0x0101_0101_0101_0101, highs: UInt64 = 0x8080_8080_8080_8080
+        func zeroByte(_ x: UInt64) -> UInt64 { (x &- ones) & ~x & highs }
+        let control = (word &- ones &* 0x20) & ~word & highs
+        return control | zeroByte(word ^ (ones &* 0x22)) | zeroByte(word ^ (ones &* 0x5C)) | zeroByte(word ^ (ones &* 0x7F)) != 0
+    }
+
+    // MARK: Internals
+
+    @inline(__always)
+    private mutating func copy(_ value: UnsafeRawBufferPointer, from start: Int, to end: Int) {
+        guard end > start else { return }
+        reserve(end - start)
+        (storage + written).update(from: value.baseAddress!.assumingMemoryBound(to: UInt8.self) + start, count: end - start)
+        written += end - start
+    }
+
+    private mutating func escape(_ byte: UInt8) {
+        switch byte {
+        case UInt8(ascii: "\""): raw("\\\"")
+        case UInt8(ascii: "\\"): raw("\\\\")
+        case 0x0A: raw("\\n")
+        case 0x0D: raw("\\r")
+        case 0x09: raw("\\t")
+        default:
+            raw("\\u00")
+            self.byte(hexDigit(byte >> 4))
+            self.byte(hexDigit(byte & 0xF))
+        }
+    }
+
+    @inlinable
+    mutating func reserve(_ extra: Int) {
+        if written + extra > capacity { grow(to: written + extra) }
+    }
+
+    @usableFromInline
+    mutating func grow(to needed: Int) {
+        var newCapacity = capacity * 2
+        while newCapacity < needed { newCapacity *= 2 }
+        let bigger = UnsafeMutablePointer<UInt8>.allocate(capacity: newCapacity)
+        bigger.update(from: storage, count: written)
+        storage.deallocate()
+        storage = bigger
+        capacity = newCapacity
+    }
+
+    @inlinable
+    mutating func byte(_ value: UInt8) {
+        reserve(1)
+        storage[written] = value
+        written += 1
+    }
+
+    private mutating func raw(_ text: StaticString) {
+        reserve(text.utf8CodeUnitCount)
+        (storage + written).update(from: text.utf8Start, count: text.utf8CodeUnitCount)
+        written += text.utf8CodeUnitCount
+    }
+
+    @inlinable
+    mutating func separator() { if needsComma { byte(UInt8(ascii: ",")) } }
+
+    private mutating func decimal(_ value: Int) {
+        guard value >= 0 else {
+            byte(UInt8(ascii: "-"))
+            // -Int.min overflows: write its magnitude through UInt.
+            return unsignedDecimal(value.magnitude)
+        }
+        unsignedDecimal(UInt(value))
+    }
+
+    private mutating func unsignedDecimal(_ value: UInt) {
+        var digits = 1
+        var rest = value
+        while rest >= 10 { rest /= 10; digits += 1 }
+        reserve(digits)
+        var v = value
+        for k in stride(from: digits - 1, through: 0, by: -1) {
+            storage[written + k] = UInt8(ascii: "0") + UInt8(v % 10)
+            v /= 10
+        }
+        written += digits
+    }
+
+    private mutating func padded(_ value: Int, _ width: Int) {
+        reserve(width)
+        var v = value
+        for k in stride(from: width - 1, through: 0, by: -1) {
+            storage[written + k] = UInt8(ascii: "0") + UInt8(v % 10)
+            v /= 10
+        }
+        written += width
+    }
+
+    private func hexDigit(_ v: UInt8) -> UInt8 { v < 10 ? 0x30 + v : 0x61 + v - 10 }
+}
