@@ -117,8 +117,10 @@ public final class EventLoop: @unchecked Sendable {  // loop-confined state; `ta
     }
 
     private static func epollMask(_ interest: Interest) -> UInt32 {
-        var mask = UInt32(TG_EPOLLRDHUP)
-        if interest.contains(.read) { mask |= UInt32(TG_EPOLLIN) }
+        // RDHUP only along with reading: once the peer's FIN is seen and reading stops (a
+        // half-closed tunnel), a level-triggered RDHUP would wake the loop again and again.
+        var mask: UInt32 = 0
+        if interest.contains(.read) { mask |= UInt32(TG_EPOLLIN | TG_EPOLLRDHUP) }
         if interest.contains(.write) { mask |= UInt32(TG_EPOLLOUT) }
         return mask
     }

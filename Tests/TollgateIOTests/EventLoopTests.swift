@@ -1,3 +1,4 @@
+import Glibc
 import Testing
 import Synchronization
 @testable import TollgateIO
@@ -39,6 +40,22 @@ private final class Recorder: TimerTarget {
         }
         loop.run()
         #expect(count.load(ordering: .relaxed) == 100)
+    }
+
+    @Test func aHalfClosedSocketThatIsNotReadDoesNotWakeTheLoop() throws {
+        final class Counter: EventHandler { var events = 0; func handle(_ events: IOEvents) { self.events += 1 } }
+        var fds: [CInt] = [-1, -1]
+        #expect(socketpair(AF_UNIX, CInt(SOCK_STREAM.rawValue), 0, &fds) == 0)
+        defer { close(fds[0]); close(fds[1]) }
+        #expect(shutdown(fds[1], CInt(SHUT_WR)) == 0)  // the peer's FIN is pending on fds[0]
+        let loop = try EventLoop(index: 0)
+        let counter = Counter()
+        let registration = try loop.register(fd: fds[0], interest: [], handler: counter)
+        let stopper = Recorder(id: 0) { _ in loop.stop() }
+        Timer(loop: loop, target: stopper).arm(after: 50_000_000)
+        loop.run()
+        #expect(counter.events == 0)
+        loop.deregister(registration)
     }
 
     @Test func timerHeapPopsInOrderAndMovesRearmedTimers() throws {
