@@ -1,5 +1,6 @@
 """Assertions and client shortcuts shared by the integration tests."""
 
+import itertools
 import json
 import re
 import subprocess
@@ -87,12 +88,20 @@ def assert_not_forwarded(origin, marker, settle=0.3):
     assert not seen, f"forwarded upstream although refused: {json.dumps(seen)[:800]}"
 
 
+# Source ports for worker_client: below the kernel's ephemeral range (32768-60999) and never
+# reused within a test run. A port an earlier redirected flow used (its conntrack entry lingers
+# in TIME_WAIT for 120 s) makes the gateway's NAT rewrite the source port of the next flow from
+# it, and Tollgate then rightly records a port the test is not looking for.
+_source_ports = itertools.count(20000)
+
+
 def worker_client(tb, host=ORIGIN_IP, port=80, timeout=10.0, source=None):
     """A RawClient connected from the worker (redirected to Tollgate for ports 80/443)."""
     sock = tb.socket_in(tb.worker)
     sock.settimeout(timeout)
-    if source:
-        sock.bind((source, 0))
+    local_port = next(_source_ports)
+    assert local_port < 32768, "worker_client ran out of reserved source ports"
+    sock.bind((source or "0.0.0.0", local_port))
     sock.connect((host, port))
     return RawClient(sock)
 
