@@ -38,6 +38,9 @@ Mode keys (defaults in DEFAULT_MODE):
     hang_accept_next   the next K connections are accepted and never read nor answered
     hang               every bulk request is read and never answered (until switched off)
     require_auth       if set, bulk/setup requests whose Authorization differs get 401
+    count_only         bulk items are counted (in stats "docs"), not parsed nor stored, and
+                       all answered 201: a cheap sink for benchmarks, where parsing every
+                       document in Python would take the CPU the load generator needs
 
 Run standalone:  fake_es.py --listen 127.0.0.1:0 --ready FILE  (FILE gets {"port": N}).
 Tests use FakeES (below) to start it inside a test-bed namespace and FakeESClient to steer it.
@@ -80,6 +83,7 @@ DEFAULT_MODE = {
     "hang_store": False,
     "hang_accept_next": 0,
     "require_auth": None,
+    "count_only": False,
     "seed": 1,
 }
 
@@ -111,7 +115,7 @@ class FakeState:
                 "bulk_by_status": {}, "items_by_status": {}, "actions": {},
                 "content_encodings": {}, "content_types": {}, "protocol_errors": [],
                 "hung_requests": 0, "hung_connections": 0, "garbage_answers": 0,
-                "delayed_answers": 0, "wire_bytes": 0, "decoded_bytes": 0,
+                "delayed_answers": 0, "wire_bytes": 0, "decoded_bytes": 0, "counted_docs": 0,
             }
 
     def set_mode(self, update):
@@ -152,7 +156,7 @@ class FakeState:
     def stats(self):
         with self.lock:
             out = copy.deepcopy(self.counters)
-            out["docs"] = len(self.docs)
+            out["docs"] = len(self.docs) + self.counters["counted_docs"]
             out["create_attempts_max"] = max(self.attempts.values(), default=0)
             out["ids_attempted"] = len(self.attempts)
             out["mode"] = copy.deepcopy(self.mode)
@@ -415,7 +419,8 @@ class Handler(BaseHTTPRequestHandler):
         entry = {"method": self.command, "path": path, "wire_bytes": len(wire), "bytes": len(body),
                  "headers": {k.lower(): v for k, v in self.headers.items()}}
         n = self._log(entry)
-        self._keep_body(n, json.dumps(entry["headers"]).encode() + b"\n" + body)
+        if not st.mode["count_only"]:
+            self._keep_body(n, json.dumps(entry["headers"]).encode() + b"\n" + body)
 
         required = st.mode["require_auth"]
         if required and path not in ("/",) and self.headers.get("Authorization") != required:
@@ -528,6 +533,15 @@ class Handler(BaseHTTPRequestHandler):
             st.bump("garbage_answers")
             st.bump("bulk_by_status", 200)
             self._send(200, b"<html><body>502 Bad Gateway (not JSON at all)\x00\xff", "text/html")
+            return 200
+        if mode["count_only"]:
+            # Every item is an action line and a document line.
+            count = body.count(b"\n") // 2
+            st.bump("counted_docs", n=count)
+            st.bump("bulk_items", n=count)
+            st.bump("bulk_by_status", 200)
+            entry["items"] = count
+            self._send(200, b'{"took":0,"errors":false,"items":[' + b",".join([b'{"create":{"status":201}}'] * count) + b"]}")
             return 200
         started = time.monotonic()
         try:
