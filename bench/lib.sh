@@ -377,8 +377,14 @@ measure() {
   local busy_before busy_after
   busy_before=$(cpu_busy_ticks "$PROXY_CPU")
   before=$(cpu_ticks "${pids[@]}")
-  local wrk_ok=1
+  local wrk_ok=1 profiler=
+  if [ -n "${BENCH_PERF:-}" ]; then  # a directory: profile the proxy during the measured run
+    mkdir -p "$BENCH_PERF"
+    perf record -q -g -p "$(IFS=,; echo "${pids[*]}")" -o "$BENCH_PERF/$name.perf" -- sleep "$duration" >/dev/null 2>&1 &
+    profiler=$!
+  fi
   in_ns "$NS_W" taskset -c "$LOAD_CPU" wrk "$@" -d"${duration}s" >"$out" 2>&1 || wrk_ok=0
+  [ -z "$profiler" ] || wait "$profiler" 2>/dev/null || true
   after=$(cpu_ticks "${pids[@]}")
   busy_after=$(cpu_busy_ticks "$PROXY_CPU")
   all_proc_ticks >"$TMP/procs-$name.after"

@@ -159,12 +159,13 @@ public final class Shipper: Sendable {
         while !stopping.load(ordering: .acquiring) {
             let end = spool.endPosition
             if cursor >= end { waitingSince = nil; usleep(20_000); continue }
-            // Flush at the batch size, or once the oldest waiting record is flush_interval old.
+            // Flush at the batch size, or once the oldest waiting record is flush_interval old;
+            // decided from the spool's counts, so a batch is read (and checksummed) once.
             let now = monotonicNanoseconds()
             if waitingSince == nil { waitingSince = now }
-            let (batch, next) = spool.read(from: cursor, maxRecords: settings.batchRecords, maxBytes: settings.batchBytes)
-            let full = batch.count >= settings.batchRecords || batch.documentBytes(0..<batch.count) >= settings.batchBytes
+            let full = spool.unacknowledgedRecords >= settings.batchRecords || spool.bytes(after: cursor) >= settings.batchBytes
             if !full && now - waitingSince! < settings.flushInterval { usleep(20_000); continue }
+            let (batch, next) = spool.read(from: cursor, maxRecords: settings.batchRecords, maxBytes: settings.batchBytes)
             if batch.count == 0 { cursor = next; continue }
             guard sender.deliver(batch, Array(0..<batch.count), stopping: stopping) else { return }
             cursor = next

@@ -159,9 +159,6 @@ public struct SpoolBatch: Sendable {
     }
 
     func documentRange(_ index: Int) -> Range<Int> { (bodies[index].lowerBound + 8 + RecordID.hexCount)..<bodies[index].upperBound }
-
-    /// Bytes of the documents at `indices` (batch sizing).
-    func documentBytes(_ indices: some Collection<Int>) -> Int { indices.reduce(0) { $0 + documentRange($1).count } }
 }
 
 /// A place in the spool: a segment number and a byte offset in it.
@@ -209,6 +206,16 @@ public final class Spool: Sendable {
     /// Records appended and not yet acknowledged (approximate after recovery: counted on replay).
     public var unacknowledgedRecords: Int { state.withLock { $0.records } }
     public var endPosition: SpoolPosition { state.withLock { $0.end } }
+
+    /// Bytes of the entries after `position`, framing included: whether a batch is due, without reading it.
+    public func bytes(after position: SpoolPosition) -> Int {
+        state.withLock { state in
+            state.segments.reduce(0) { total, entry in
+                if entry.key < position.segment { return total }
+                return total + (entry.key == position.segment ? max(0, entry.value - position.offset) : entry.value)
+            }
+        }
+    }
     public var acknowledgedPosition: SpoolPosition { state.withLock { $0.acked } }
 
     /// Appends the first `records` sealed entries of `framed`, `byteCount` bytes, in one write;
