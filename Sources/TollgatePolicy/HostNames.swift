@@ -13,6 +13,10 @@ public enum HostNames {
         var name = Substring(host)
         if name.hasSuffix(".") { name = name.dropLast() }
         guard !name.isEmpty, name.utf8.count <= 253 else { return nil }
+        // The common case, already normal (every request's Host passes here): no new String.
+        if name.utf8.count == host.utf8.count, host.utf8.allSatisfy({ isHostByte($0) && !($0 >= 0x41 && $0 <= 0x5A) }) {
+            return host
+        }
         if name.utf8.allSatisfy({ $0 < 0x80 }) {
             var lowered = [UInt8]()
             lowered.reserveCapacity(name.utf8.count)

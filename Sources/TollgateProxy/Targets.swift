@@ -36,10 +36,13 @@ struct RequestTarget: Equatable {
             host = host[..<colon]
         }
         guard let port, port > 0, !host.isEmpty else { return nil }
+        var hasUpper = false
         let valid = host.utf8.allSatisfy { b in
-            (b >= 0x30 && b <= 0x39) || (b | 0x20 >= 0x61 && b | 0x20 <= 0x7A) || b == 0x2D || b == 0x2E || b == 0x3A || b == 0x5F
+            hasUpper = hasUpper || (b >= 0x41 && b <= 0x5A)
+            return (b >= 0x30 && b <= 0x39) || (b | 0x20 >= 0x61 && b | 0x20 <= 0x7A) || b == 0x2D || b == 0x2E || b == 0x3A || b == 0x5F
         }
-        return valid ? (String(host).lowercased(), port) : nil
+        guard valid else { return nil }
+        return (hasUpper ? String(host).lowercased() : String(host), port)
     }
 }
 
