@@ -11,9 +11,12 @@ public struct Redaction: Sendable {
                                                "credential", "session"]
     /// Lower-case names of headers whose values are never recorded.
     private let secretHeaderBytes: [[UInt8]]
+    /// Bit n set when some secret name is n bytes long: most headers are ruled out by length alone.
+    private let secretLengths: UInt64
 
     public init(extraHeaders: [String]) {
         secretHeaderBytes = Array(Set(Self.builtInHeaders + extraHeaders.map { $0.lowercased() })).map { Array($0.utf8) }
+        secretLengths = secretHeaderBytes.reduce(0) { $0 | ($1.count < 64 ? 1 << UInt64($1.count) : 1 << 63) }
     }
 
     /// The query with the values of secret-looking parameters replaced.
@@ -57,7 +60,8 @@ public struct Redaction: Sendable {
     private static let separator = Array(", ".utf8)
 
     private func isSecret(_ name: UnsafeRawBufferPointer) -> Bool {
-        secretHeaderBytes.contains { secret in secret.withUnsafeBytes { sameName($0, name) } }
+        guard secretLengths & (name.count < 64 ? 1 << UInt64(name.count) : 1 << 63) != 0 else { return false }
+        return secretHeaderBytes.contains { secret in secret.withUnsafeBytes { sameName($0, name) } }
     }
 
     private func sameName(_ a: UnsafeRawBufferPointer, _ b: UnsafeRawBufferPointer) -> Bool {

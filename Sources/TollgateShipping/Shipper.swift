@@ -156,6 +156,7 @@ public final class Shipper: Sendable {
         var sender = Sender(shipper: self, settings: settings, nodes: nodes, client: client)
         var cursor = spool.acknowledgedPosition
         var waitingSince: UInt64?
+        var storage: [UInt8] = []
         while !stopping.load(ordering: .acquiring) {
             let end = spool.endPosition
             if cursor >= end { waitingSince = nil; usleep(20_000); continue }
@@ -165,11 +166,13 @@ public final class Shipper: Sendable {
             if waitingSince == nil { waitingSince = now }
             let full = spool.unacknowledgedRecords >= settings.batchRecords || spool.bytes(after: cursor) >= settings.batchBytes
             if !full && now - waitingSince! < settings.flushInterval { usleep(20_000); continue }
-            let (batch, next) = spool.read(from: cursor, maxRecords: settings.batchRecords, maxBytes: settings.batchBytes)
+            let (batch, next) = spool.read(from: cursor, maxRecords: settings.batchRecords, maxBytes: settings.batchBytes,
+                                           reusing: &storage)
             if batch.count == 0 { cursor = next; continue }
             guard sender.deliver(batch, Array(0..<batch.count), stopping: stopping) else { return }
             cursor = next
             spool.acknowledge(upTo: next, records: batch.count)
+            storage = batch.bytes  // unshared once this batch goes: the next read reuses it
             waitingSince = nil
         }
     }
@@ -184,6 +187,8 @@ private struct Sender {
     var nodeIndex = 0
     var failures = 0
     var encoder: BulkEncoder
+    /// The compressed bulk body, its memory reused from batch to batch.
+    var body: [UInt8] = []
 
     init(shipper: Shipper, settings: ElasticsearchSettings, nodes: [Node], client: HTTPClient) {
         self.shipper = shipper
@@ -200,20 +205,20 @@ private struct Sender {
     /// only when stopping.
     mutating func deliver(_ batch: SpoolBatch, _ indices: [Int], stopping: borrowing Atomic<Bool>) -> Bool {
         var pending = indices
-        var body: [UInt8] = []
         var encodedCount = -1
+        var compressed = true
         while !pending.isEmpty {
             if stopping.load(ordering: .acquiring) { return false }
             let node = nodes[nodeIndex % nodes.count]
             // Encoding and compressing is the costly part: retries of the same records reuse it.
             if encodedCount != pending.count {
-                body = encoder.encode(batch, pending)
+                compressed = encoder.encode(batch, pending, into: &body)
                 encodedCount = pending.count
             }
             let outcome: Result<(status: Int, body: [UInt8]), ClientError>
             do {
                 outcome = .success(try client.send(node: node, index: nodeIndex % nodes.count, method: "POST", path: "/_bulk",
-                                                   headers: headers(gzip: true), body: body, timeout: settings.requestTimeout))
+                                                   headers: headers(gzip: compressed), body: body, timeout: settings.requestTimeout))
             } catch {
                 outcome = .failure(error)
             }
@@ -356,7 +361,10 @@ public struct BulkEncoder {
 
     public init(index: String) { self.index = index }
 
-    public mutating func encode(_ batch: SpoolBatch, _ indices: [Int]) -> [UInt8] {
+    /// The `_bulk` body for the records of `batch` at `indices`, in `body`: gzip-compressed
+    /// (true), or plain if zlib could not allocate its state (false).
+    @discardableResult
+    public mutating func encode(_ batch: SpoolBatch, _ indices: [Int], into body: inout [UInt8]) -> Bool {
         ndjson.removeAll(keepingCapacity: true)
         let suffix = Array("\"}}\n".utf8)
         for index in indices {
@@ -367,11 +375,15 @@ public struct BulkEncoder {
             ndjson.append(0x0A)
         }
         let bound = tg_gzip_bound(ndjson.count)
-        let compressed = [UInt8](unsafeUninitializedCapacity: bound) { buffer, initialized in
-            let size = ndjson.withUnsafeBytes { tg_gzip($0.baseAddress, $0.count, buffer.baseAddress, bound) }
-            initialized = max(size, 0)
+        body.removeAll(keepingCapacity: true)
+        body.append(contentsOf: repeatElement(0, count: bound))
+        let size = ndjson.withUnsafeBytes { input in body.withUnsafeMutableBytes { tg_gzip(input.baseAddress, input.count, $0.baseAddress, bound) } }
+        guard size > 0 else {
+            body = ndjson
+            return false
         }
-        return compressed.isEmpty ? ndjson : compressed
+        body.removeLast(bound - size)
+        return true
     }
 
     /// `{"create":{"_index":"<index>-YYYY.MM.DD","_id":"` for the record's day.

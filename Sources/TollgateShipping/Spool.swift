@@ -54,18 +54,17 @@ public struct FramedRecords: Sendable {
 
     public mutating func append(timestampMilliseconds: Int64, id: RecordID, document: UnsafeRawBufferPointer) {
         let bodyLength = 8 + RecordID.hexCount + document.count
-        let start = bytes.count
-        bytes.append(contentsOf: repeatElement(0, count: Spool.headerSize + bodyLength))
-        bytes.withUnsafeMutableBytes { raw in
-            let entry = raw.baseAddress! + start
-            entry.storeBytes(of: Spool.magic, as: UInt8.self)
-            entry.storeBytes(of: UInt32(bodyLength).littleEndian, toByteOffset: 4, as: UInt32.self)
-            entry.storeBytes(of: timestampMilliseconds.littleEndian, toByteOffset: Spool.headerSize, as: Int64.self)
-            id.writeHex(to: (entry + Spool.headerSize + 8).assumingMemoryBound(to: UInt8.self))
-            if document.count > 0 {
-                (entry + Spool.headerSize + 8 + RecordID.hexCount).copyMemory(from: document.baseAddress!, byteCount: document.count)
-            }
+        // Header and the body's fixed part are built on the stack, then appended with the
+        // document: no zero-filling of bytes about to be overwritten.
+        var fixed: (UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0, 0, 0, 0)
+        withUnsafeMutableBytes(of: &fixed) { raw in
+            raw.storeBytes(of: Spool.magic, as: UInt8.self)
+            raw.storeBytes(of: UInt32(bodyLength).littleEndian, toByteOffset: 4, as: UInt32.self)
+            raw.storeBytes(of: timestampMilliseconds.littleEndian, toByteOffset: Spool.headerSize, as: Int64.self)
+            id.writeHex(to: (raw.baseAddress! + Spool.headerSize + 8).assumingMemoryBound(to: UInt8.self))
+            bytes.append(contentsOf: UnsafeRawBufferPointer(rebasing: raw[..<(Spool.headerSize + 8 + RecordID.hexCount)]))
         }
+        bytes.append(contentsOf: document)
         count += 1
     }
 
@@ -246,7 +245,16 @@ public final class Spool: Sendable {
     /// Reads entries from `position` up to the end written so far, at most `maxRecords` of them
     /// and about `maxBytes` of documents.
     public func read(from position: SpoolPosition, maxRecords: Int, maxBytes: Int) -> (batch: SpoolBatch, next: SpoolPosition) {
-        var bytes: [UInt8] = []
+        var storage: [UInt8] = []
+        return read(from: position, maxRecords: maxRecords, maxBytes: maxBytes, reusing: &storage)
+    }
+
+    /// `read`, filling `storage`'s memory (taken, emptied, and handed back through the batch's
+    /// `bytes`): batches of megabytes would otherwise be fresh, page-faulting mappings each time.
+    func read(from position: SpoolPosition, maxRecords: Int, maxBytes: Int, reusing storage: inout [UInt8]) -> (batch: SpoolBatch, next: SpoolPosition) {
+        var bytes = storage
+        storage = []
+        bytes.removeAll(keepingCapacity: true)
         var bodies: [Range<Int>] = []
         var cursor = position
         var documentBytes = 0

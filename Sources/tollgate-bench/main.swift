@@ -65,6 +65,11 @@ func benchPolicy() {
 func benchRecords() {
     let head = Array("GET /v1/models?api_key=abc HTTP/1.1\r\nHost: api.example.com\r\nUser-Agent: agent/1.0\r\nAuthorization: Bearer x\r\nAccept: */*\r\n\r\n".utf8)
     let request = head.withUnsafeBytes { try! HeadParser.parseRequest($0, length: $0.count, limits: HeadLimits()) }
+    // What an nginx origin answers to /1k, as in the namespace benchmarks.
+    let responseHead = Array(("HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Wed, 25 Nov 2026 18:11:42 GMT\r\n" +
+                              "Content-Type: application/octet-stream\r\nContent-Length: 1024\r\nLast-Modified: Wed, 25 Nov 2026 18:10:00 GMT\r\n" +
+                              "Connection: keep-alive\r\nETag: \"6745a1b8-400\"\r\nAccept-Ranges: bytes\r\n\r\n").utf8)
+    let response = responseHead.withUnsafeBytes { try! HeadParser.parseResponse($0, length: $0.count, limits: HeadLimits(), requestIsHead: false) }
     var record = FlowRecord(start: wallClockMilliseconds(), action: .httpRequest, source: SocketAddress(parsing: "10.99.0.2:40000")!,
                             networkProtocol: "http", agent: "worker-1", mode: "transparent")
     record.method = "GET"
@@ -77,6 +82,7 @@ func benchRecords() {
     record.destinationIP = IPAddress(parsing: "203.0.113.10")
     record.destinationPort = 443
     record.requestHeaders = request.headers
+    record.responseHeaders = response.headers
     record.decision = "allow"
     record.ruleName = "model-apis"
     let observer = FlowRecord.Observer(hostname: "orchestrator", version: "0.1.0")
@@ -85,12 +91,17 @@ func benchRecords() {
     var writer = JSONWriter()
     var encoder = BulkEncoder(index: "autocode-traffic")
     var framed = FramedRecords()
+    var body: [UInt8] = []
     var bytesOut = 0
     let prefix = UInt64.random(in: 0...UInt64.max)
     // The shipper's whole path minus I/O: encode, hand off (framing), seal (CRC), read back
     // as a batch and build the compressed _bulk body.
     var time = clockSeconds()
     for n in 0..<count {
+        // What varies from record to record (identical records would flatter gzip).
+        record.timestampMilliseconds += 1
+        record.sourcePort = UInt16(32768 + n % 28000)
+        record.durationNanoseconds = UInt64(90_000 + (n &* 7919) % 900_000)
         writer.reset()
         let id = RecordID(prefix: prefix, counter: UInt64(n))
         record.encode(into: &writer, id: id, observer: observer, redaction: redaction)
@@ -98,7 +109,8 @@ func benchRecords() {
         if framed.count == 5000 {
             framed.seal()
             let batch = SpoolBatch(framed: framed)
-            bytesOut += encoder.encode(batch, Array(0..<batch.count)).count
+            encoder.encode(batch, Array(0..<batch.count), into: &body)
+            bytesOut += body.count
             framed.removeAll()
         }
     }

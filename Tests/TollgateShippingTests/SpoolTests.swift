@@ -147,7 +147,8 @@ extension SpoolBatch {
     @Test func bulkBodiesNameTheDailyIndexAndTheRecordId() {
         let batch = SpoolBatch(framed: records(0..<3))
         var encoder = BulkEncoder(index: "autocode-traffic")
-        let body = encoder.encode(batch, [2, 0])
+        var body: [UInt8] = []
+        #expect(encoder.encode(batch, [2, 0], into: &body))
         var plain = [UInt8](repeating: 0, count: 4096)
         let size = body.withUnsafeBytes { gz in plain.withUnsafeMutableBytes { tg_gunzip(gz.baseAddress, gz.count, $0.baseAddress, $0.count) } }
         #expect(String(decoding: plain.prefix(max(size, 0)), as: UTF8.self) == """
