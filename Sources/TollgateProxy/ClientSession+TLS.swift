@@ -133,7 +133,11 @@ extension ClientSession {
         record.errorMessage = "the client refused Tollgate's certificate for \(host): \(error)"
         worker.record(record)
         Log.warning("agent \(agent) (\(source.ip)) rejected the intercepted certificate for \(host): \(error)")
-        if settings.spliceOnClientReject, let name = tlsInfo?.serverName {
+        // Only a certificate alert proves the client refuses our certificate: a bare close is
+        // as often a client going away (a timeout, a load generator stopping), and learning
+        // from it would end interception of that host for good.
+        if settings.spliceOnClientReject, case .tls(_, .some(let alert)) = error, certificateRejectionAlerts.contains(alert),
+           let name = tlsInfo?.serverName {
             settings.tls?.learnSplice(name)
             Log.info("tls.splice_on_client_reject: \(name) will be spliced from now on")
         }

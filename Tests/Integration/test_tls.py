@@ -125,6 +125,43 @@ def test_a_client_that_rejects_the_ca_is_a_distinct_record(testbed, world, tg):
     assert field(record, "tollgate.tls") == "failed"
 
 
+def test_splice_on_client_reject_learns_from_a_certificate_alert_not_from_a_hang_up(testbed, world, tollgates):
+    tg = tollgates.get(world.config(splice_on_client_reject=True))
+    # A client that sends its hello, reads our answer and hangs up without an alert: recorded,
+    # but interception of that name goes on.
+    hang_up = (
+        "import socket, ssl, sys\n"
+        "out = ssl.MemoryBIO()\n"
+        "hello = ssl.create_default_context().wrap_bio(ssl.MemoryBIO(), out, server_hostname=sys.argv[1])\n"
+        "try:\n"
+        "    hello.do_handshake()\n"
+        "except ssl.SSLWantReadError:\n"
+        "    pass\n"
+        "with socket.create_connection(('203.0.113.10', 443), timeout=10) as raw:\n"
+        "    raw.sendall(out.read())\n"
+        "    raw.settimeout(1)\n"
+        "    try:\n"
+        "        while raw.recv(65536):\n"
+        "            pass\n"
+        "    except socket.timeout:\n"
+        "        pass\n"
+    )
+    res = testbed.run_in(testbed.worker, ["python3", "-c", hang_up, "hangup.many.test"], timeout=30)
+    assert res.returncode == 0, res.stderr
+    tg.wait_flows(lambda r: field(r, "event.action", "") == "tls.client_rejected_certificate"
+                  and field(r, "tls.client.server_name", "") == "hangup.many.test")
+    cert = peer_certificate(testbed, "203.0.113.10", str(world.tollgate_ca), server_name="hangup.many.test")
+    assert issuer_cn(cert) == "Tollgate CA"
+
+    # curl refusing the Tollgate CA sends an unknown_ca alert: origin.test is spliced from then on.
+    assert curl_tls(testbed, "https://origin.test/bytes/1", world.origin_ca).returncode != 0
+    tg.wait_flows(lambda r: field(r, "event.action", "") == "tls.client_rejected_certificate"
+                  and field(r, "tls.client.server_name", "") == "origin.test")
+    res = curl_tls(testbed, "https://origin.test/bytes/1", world.origin_ca)
+    assert res.returncode == 0, res.stderr
+    assert issuer_cn(peer_certificate(testbed, "origin.test", str(world.origin_ca))) == "Origin CA"
+
+
 def test_host_header_must_match_the_sni(testbed, world, tg):
     res = curl_tls(testbed, "https://origin.test/x", world.tollgate_ca, "-H", "Host: other.test", "-w", "\n%{http_code}")
     assert res.stdout.rpartition(b"\n")[2] == b"421"
