@@ -71,11 +71,10 @@ public enum HeadWriter {
     }
 
     private static func writeFields(_ headers: Headers, keepingContentLength: Bool, into out: inout [UInt8]) {
-        let named = headers.connectionTokens()
         for field in headers.fields {
             if field.known.isHopByHop && !(keepingContentLength && field.known == .contentLength) { continue }
             let name = headers.name(field)
-            if !named.isEmpty && named.contains(where: { token in asciiEqualIgnoringCase(name, String(decoding: token, as: UTF8.self)) }) { continue }
+            if headers.isNamedByConnection(name) { continue }
             out.append(contentsOf: name)
             append(": ", to: &out)
             out.append(contentsOf: headers.value(field))

@@ -89,24 +89,28 @@ public struct Headers: Sendable {
 
     /// True when a comma-separated list header of kind `known` contains `token` (case-insensitive).
     public func listContains(_ known: KnownHeader, token: String) -> Bool {
-        for field in fields where field.known == known {
-            for item in value(field).split(separator: UInt8(ascii: ",")) where asciiEqualIgnoringCase(item.trimmingOWS(), token) {
-                return true
-            }
-        }
-        return false
+        fields.contains { field in field.known == known && Self.anyListItem(of: value(field)) { asciiEqualIgnoringCase($0, token) } }
     }
 
-    /// Lower-cased tokens of the Connection header: extra hop-by-hop field names (RFC 9110 §7.6.1).
-    func connectionTokens() -> [ArraySlice<UInt8>] {
-        var tokens: [ArraySlice<UInt8>] = []
-        for field in fields where field.known == .connection || field.known == .proxyConnection {
-            for item in value(field).split(separator: UInt8(ascii: ",")) {
-                let token = item.trimmingOWS()
-                if !token.isEmpty { tokens.append(token) }
-            }
+    /// True when the Connection (or Proxy-Connection) header names `name` as an extra hop-by-hop
+    /// field (RFC 9110 §7.6.1).
+    func isNamedByConnection(_ name: ArraySlice<UInt8>) -> Bool {
+        fields.contains { field in
+            (field.known == .connection || field.known == .proxyConnection)
+                && Self.anyListItem(of: value(field)) { item in item.count == name.count && zip(item, name).allSatisfy { lowerASCII($0) == lowerASCII($1) } }
         }
-        return tokens
+    }
+
+    /// Walks the items of a comma-separated list value, trimmed, without allocating.
+    private static func anyListItem(of value: ArraySlice<UInt8>, where matches: (ArraySlice<UInt8>) -> Bool) -> Bool {
+        var start = value.startIndex
+        while start <= value.endIndex {
+            let end = value[start...].firstIndex(of: UInt8(ascii: ",")) ?? value.endIndex
+            let item = value[start..<end].trimmingOWS()
+            if !item.isEmpty && matches(item) { return true }
+            start = end + 1
+        }
+        return false
     }
 }
 

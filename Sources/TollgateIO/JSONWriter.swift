@@ -164,12 +164,12 @@ public struct JSONWriter: ~Copyable {
         let (year, month, day) = civilDate(daysSinceEpoch: days)
         reserve(26)
         byte(UInt8(ascii: "\""))
-        padded(year, 4); byte(UInt8(ascii: "-")); padded(month, 2); byte(UInt8(ascii: "-")); padded(day, 2)
+        padded(UInt(clamping: year), 4); byte(UInt8(ascii: "-")); padded(UInt(clamping: month), 2); byte(UInt8(ascii: "-")); padded(UInt(clamping: day), 2)
         byte(UInt8(ascii: "T"))
-        padded(msOfDay / 3_600_000, 2); byte(UInt8(ascii: ":"))
-        padded(msOfDay / 60_000 % 60, 2); byte(UInt8(ascii: ":"))
-        padded(msOfDay / 1000 % 60, 2); byte(UInt8(ascii: "."))
-        padded(msOfDay % 1000, 3)
+        padded(UInt(clamping: msOfDay / 3_600_000), 2); byte(UInt8(ascii: ":"))
+        padded(UInt(clamping: msOfDay / 60_000 % 60), 2); byte(UInt8(ascii: ":"))
+        padded(UInt(clamping: msOfDay / 1000 % 60), 2); byte(UInt8(ascii: "."))
+        padded(UInt(clamping: msOfDay % 1000), 3)
         byte(UInt8(ascii: "Z")); byte(UInt8(ascii: "\""))
         needsComma = true
     }
@@ -289,19 +289,14 @@ public struct JSONWriter: ~Copyable {
     }
 
     private mutating func unsignedDecimal(_ value: UInt) {
-        var digits = 1
+        var width = 1
         var rest = value
-        while rest >= 10 { rest /= 10; digits += 1 }
-        reserve(digits)
-        var v = value
-        for k in stride(from: digits - 1, through: 0, by: -1) {
-            storage[written + k] = UInt8(ascii: "0") + UInt8(v % 10)
-            v /= 10
-        }
-        written += digits
+        while rest >= 10 { rest /= 10; width += 1 }
+        padded(value, width)
     }
 
-    private mutating func padded(_ value: Int, _ width: Int) {
+    /// `value` in exactly `width` decimal digits (leading zeros).
+    private mutating func padded(_ value: UInt, _ width: Int) {
         reserve(width)
         var v = value
         for k in stride(from: width - 1, through: 0, by: -1) {

@@ -11,8 +11,10 @@ struct RequestTarget: Equatable {
 
     /// `http://host[:port]/path` (absolute-form, RFC 9112 §3.2.2); only the http scheme.
     static func parseAbsolute(_ target: String) -> RequestTarget? {
-        let lower = target.utf8.prefix(7).map { $0 | 0x20 }
-        guard lower == Array("http://".utf8) else { return nil }
+        let scheme: StaticString = "http://"
+        guard target.utf8.count > 7, zip(target.utf8, UnsafeBufferPointer(start: scheme.utf8Start, count: 7)).allSatisfy({ $0 | 0x20 == $1 }) else {
+            return nil
+        }
         let rest = target.dropFirst(7)
         let slash = rest.firstIndex(where: { $0 == "/" || $0 == "?" }) ?? rest.endIndex
         guard let (host, port) = parseAuthority(String(rest[..<slash]), defaultPort: 80) else { return nil }

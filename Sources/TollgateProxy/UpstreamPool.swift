@@ -9,9 +9,13 @@ struct PoolKey: Hashable {
 
 /// Idle keep-alive upstream connections of one loop, per destination: bounded per destination,
 /// closed after `upstream_idle`, and closed at once if the server sends anything or hangs up
-/// while idle (such a connection can never carry a clean next response).
+/// while idle (such a connection can never carry a clean next response). A keep-alive client
+/// parks and takes back a connection on every request, so the watchers and the per-destination
+/// lists are reused rather than allocated each time.
 final class UpstreamPool {
-    private var idle: [PoolKey: [PooledConnection]] = [:]
+    private var idle: [PoolKey: IdleList] = [:]
+    /// Watchers of connections taken back, ready for the next park.
+    private var spare: [PooledConnection] = []
     private let maxPerDestination: Int
     private let idleTimeout: UInt64
 
@@ -22,56 +26,85 @@ final class UpstreamPool {
 
     /// The most recently parked live connection to `destination`, if any.
     func take(_ destination: PoolKey) -> Connection? {
-        while let entry = idle[destination]?.popLast() {
+        guard let list = idle[destination] else { return nil }
+        while let entry = list.entries.popLast() {
             entry.timer.cancel()
-            if !entry.connection.isClosed { return entry.connection }
+            let connection = entry.connection
+            release(entry)
+            if let connection, !connection.isClosed { return connection }
         }
         return nil
     }
 
     /// Parks a connection whose last response was read completely.
     func put(_ connection: Connection, destination: PoolKey, loop: EventLoop) {
-        let entry = PooledConnection(connection: connection, destination: destination, pool: self, loop: loop)
+        let entry = spare.popLast() ?? PooledConnection(pool: self, loop: loop)
+        entry.connection = connection
+        entry.destination = destination
         entry.timer.arm(after: idleTimeout)
         connection.delegate = entry
         connection.wantsRead = true
-        // Mutated in place: copying the list out and back would copy it on every park.
-        idle[destination, default: []].append(entry)
-        if idle[destination]!.count > maxPerDestination {
-            let oldest = idle[destination]!.removeFirst()
+        let list: IdleList
+        if let existing = idle[destination] {
+            list = existing
+        } else {
+            // Emptied lists stay (a keep-alive client empties and refills one per request);
+            // with many destinations they are pruned now and then.
+            if idle.count >= 1024 { idle = idle.filter { !$0.value.entries.isEmpty } }
+            list = IdleList()
+            idle[destination] = list
+        }
+        list.entries.append(entry)
+        if list.entries.count > maxPerDestination {
+            let oldest = list.entries.removeFirst()
             oldest.timer.cancel()
-            oldest.connection.close()
+            oldest.connection?.close()
+            release(oldest)
         }
     }
 
     fileprivate func discard(_ entry: PooledConnection) {
+        guard entry.connection != nil else { return }  // already taken back or discarded
         entry.timer.cancel()
-        entry.connection.close()
-        idle[entry.destination]?.removeAll { $0 === entry }
-        if idle[entry.destination]?.isEmpty == true { idle[entry.destination] = nil }
+        entry.connection?.close()
+        if let destination = entry.destination, let list = idle[destination] {
+            list.entries.removeAll { $0 === entry }
+        }
+        release(entry)
+    }
+
+    private func release(_ entry: PooledConnection) {
+        entry.connection = nil
+        entry.destination = nil
+        if spare.count < 64 { spare.append(entry) }
     }
 
     func closeAll() {
         for list in idle.values {
-            for entry in list {
+            for entry in list.entries {
                 entry.timer.cancel()
-                entry.connection.close()
+                entry.connection?.close()
             }
         }
         idle.removeAll()
+        spare.removeAll()
     }
+}
+
+/// The parked connections to one destination, oldest first (a class, so parking mutates it in
+/// place instead of through the dictionary).
+private final class IdleList {
+    var entries: [PooledConnection] = []
 }
 
 /// Watches one parked connection.
 private final class PooledConnection: ConnectionDelegate, TimerTarget {
-    let connection: Connection
-    let destination: PoolKey
+    var connection: Connection?
+    var destination: PoolKey?
     unowned let pool: UpstreamPool
     private(set) var timer: Timer!
 
-    init(connection: Connection, destination: PoolKey, pool: UpstreamPool, loop: EventLoop) {
-        self.connection = connection
-        self.destination = destination
+    init(pool: UpstreamPool, loop: EventLoop) {
         self.pool = pool
         timer = Timer(loop: loop, target: self)
     }

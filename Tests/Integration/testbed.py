@@ -399,6 +399,12 @@ class Testbed:
             _sh(["ip", "-n", ns] + cmd.split())
         _sh(["ip", "netns", "exec", g, "sysctl", "-qw", "net.ipv4.ip_forward=1"])
         _sh(["ip", "netns", "exec", g, "nft", "-f", "-"], input=self.nft_ruleset())
+        # Redirected flows from different worker ports share one reply tuple (gateway:15001 ->
+        # worker:port). A worker port reused while an earlier flow's conntrack entry lingers in
+        # TIME_WAIT (120 s by default) makes NAT rewrite the source port, and tests that find
+        # their record by the client's port would miss it: forget finished flows after 1 s.
+        # Per namespace, set once the nat table has loaded conntrack.
+        _sh(["ip", "netns", "exec", g, "sysctl", "-qw", "net.netfilter.nf_conntrack_tcp_timeout_time_wait=1"])
 
         for ns in (w, g):
             d = Path("/etc/netns") / ns
