@@ -186,8 +186,13 @@ public enum HeadParser {
     private static func contentLength(_ headers: Headers) throws(HTTPError) -> Int? {
         var result: Int?
         for field in headers.fields where field.known == .contentLength {
-            for item in headers.value(field).split(separator: UInt8(ascii: ","), omittingEmptySubsequences: false) {
-                let digits = item.trimmingOWS()
+            // `1024, 1024` is allowed (equal repeats), an empty item is not; scanned in place.
+            let list = headers.value(field)
+            var start = list.startIndex
+            while start <= list.endIndex {
+                let end = list[start...].firstIndex(of: UInt8(ascii: ",")) ?? list.endIndex
+                defer { start = end + 1 }
+                let digits = list[start..<end].trimmingOWS()
                 guard !digits.isEmpty, digits.count <= 18 else { throw .invalidContentLength }
                 var value = 0
                 for d in digits {
