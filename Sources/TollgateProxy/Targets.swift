@@ -23,28 +23,42 @@ struct RequestTarget: Equatable {
         return RequestTarget(host: host, port: port, path: path)
     }
 
-    /// `host:port` or `[v6]:port` (CONNECT's authority-form), or a Host header value.
+    /// `host:port` or `[v6]:port` (CONNECT's authority-form), or a Host header value. Works on
+    /// the UTF-8 bytes: every request's Host passes here, and Character-level String operations
+    /// (grapheme breaking) cost more than the whole parse should.
     static func parseAuthority(_ authority: String, defaultPort: UInt16?) -> (String, UInt16)? {
-        guard !authority.isEmpty, !authority.utf8.contains(UInt8(ascii: "@")) else { return nil }
-        var host = Substring(authority)
+        var host = authority.utf8[...]
+        guard !host.isEmpty, !host.contains(UInt8(ascii: "@")) else { return nil }
         var port = defaultPort
-        if host.hasPrefix("[") {
-            guard let close = host.firstIndex(of: "]") else { return nil }
+        if host.first == UInt8(ascii: "[") {
+            guard let close = host.firstIndex(of: UInt8(ascii: "]")) else { return nil }
             let after = host[host.index(after: close)...]
-            if after.hasPrefix(":") { port = UInt16(after.dropFirst()) } else if !after.isEmpty { return nil }
+            if after.first == UInt8(ascii: ":") { port = decimalPort(after.dropFirst()) } else if !after.isEmpty { return nil }
             host = host[host.index(after: host.startIndex)..<close]
-        } else if let colon = host.lastIndex(of: ":") {
-            port = UInt16(host[host.index(after: colon)...])
+        } else if let colon = host.lastIndex(of: UInt8(ascii: ":")) {
+            port = decimalPort(host[host.index(after: colon)...])
             host = host[..<colon]
         }
         guard let port, port > 0, !host.isEmpty else { return nil }
         var hasUpper = false
-        let valid = host.utf8.allSatisfy { b in
+        let valid = host.allSatisfy { b in
             hasUpper = hasUpper || (b >= 0x41 && b <= 0x5A)
             return (b >= 0x30 && b <= 0x39) || (b | 0x20 >= 0x61 && b | 0x20 <= 0x7A) || b == 0x2D || b == 0x2E || b == 0x3A || b == 0x5F
         }
         guard valid else { return nil }
-        return (hasUpper ? String(host).lowercased() : String(host), port)
+        let text = String(Substring(host))
+        return (hasUpper ? text.lowercased() : text, port)
+    }
+
+    /// 1 to 5 decimal digits up to 65535, nothing else.
+    private static func decimalPort(_ digits: Substring.UTF8View) -> UInt16? {
+        guard !digits.isEmpty, digits.count <= 5 else { return nil }
+        var value = 0
+        for d in digits {
+            guard d >= 0x30 && d <= 0x39 else { return nil }
+            value = value * 10 + Int(d - 0x30)
+        }
+        return value <= 65535 ? UInt16(value) : nil
     }
 }
 
