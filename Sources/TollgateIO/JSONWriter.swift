@@ -60,7 +60,7 @@ public struct JSONWriter: ~Copyable {
         needsComma = false
     }
 
-    public mutating func object(_ name: StaticString, _ body: (inout JSONWriter) -> Void) {
+    @inlinable public mutating func object(_ name: StaticString, _ body: (inout JSONWriter) -> Void) {
         key(name)
         beginObject()
         body(&self)
@@ -69,19 +69,19 @@ public struct JSONWriter: ~Copyable {
 
     // MARK: Fields (skipped when the value is nil)
 
-    public mutating func field(_ name: StaticString, _ value: String?) {
+    @inlinable public mutating func field(_ name: StaticString, _ value: String?) {
         guard let value else { return }
         key(name)
         string(value)
     }
 
-    public mutating func field(_ name: StaticString, _ value: Int?) {
+    @inlinable public mutating func field(_ name: StaticString, _ value: Int?) {
         guard let value else { return }
         key(name)
         integer(value)
     }
 
-    public mutating func field(_ name: StaticString, _ value: Bool?) {
+    @inlinable public mutating func field(_ name: StaticString, _ value: Bool?) {
         guard let value else { return }
         key(name)
         raw(value ? "true" : "false")
@@ -270,7 +270,7 @@ public struct JSONWriter: ~Copyable {
         written += 1
     }
 
-    private mutating func raw(_ text: StaticString) {
+    @usableFromInline mutating func raw(_ text: StaticString) {
         reserve(text.utf8CodeUnitCount)
         (storage + written).update(from: text.utf8Start, count: text.utf8CodeUnitCount)
         written += text.utf8CodeUnitCount
@@ -299,8 +299,10 @@ public struct JSONWriter: ~Copyable {
     private mutating func padded(_ value: UInt, _ width: Int) {
         reserve(width)
         var v = value
-        for k in stride(from: width - 1, through: 0, by: -1) {
-            storage[written + k] = UInt8(ascii: "0") + UInt8(v % 10)
+        var index = written + width
+        while index > written {
+            index -= 1
+            storage[index] = 0x30 &+ UInt8(truncatingIfNeeded: v % 10)
             v /= 10
         }
         written += width
