@@ -81,7 +81,7 @@ public struct Headers: Sendable {
 
     /// The first value of the header named `name` (ASCII case-insensitive).
     public func first(named name: String) -> String? {
-        for field in fields where asciiEqualIgnoringCase(self.name(field), name) {
+        for field in fields where asciiEqualIgnoringCase(self.name(field), name.utf8) {
             return String(decoding: value(field), as: UTF8.self)
         }
         return nil
@@ -89,7 +89,7 @@ public struct Headers: Sendable {
 
     /// True when a comma-separated list header of kind `known` contains `token` (case-insensitive).
     public func listContains(_ known: KnownHeader, token: String) -> Bool {
-        fields.contains { field in field.known == known && Self.anyListItem(of: value(field)) { asciiEqualIgnoringCase($0, token) } }
+        fields.contains { field in field.known == known && ListItems(value(field)).contains { asciiEqualIgnoringCase($0, token.utf8) } }
     }
 
     /// True when the Connection (or Proxy-Connection) header names `name` as an extra hop-by-hop
@@ -97,26 +97,35 @@ public struct Headers: Sendable {
     func isNamedByConnection(_ name: ArraySlice<UInt8>) -> Bool {
         fields.contains { field in
             (field.known == .connection || field.known == .proxyConnection)
-                && Self.anyListItem(of: value(field)) { item in item.count == name.count && zip(item, name).allSatisfy { lowerASCII($0) == lowerASCII($1) } }
+                && ListItems(value(field)).contains { asciiEqualIgnoringCase($0, name) }
         }
-    }
-
-    /// Walks the items of a comma-separated list value, trimmed, without allocating.
-    private static func anyListItem(of value: ArraySlice<UInt8>, where matches: (ArraySlice<UInt8>) -> Bool) -> Bool {
-        var start = value.startIndex
-        while start <= value.endIndex {
-            let end = value[start...].firstIndex(of: UInt8(ascii: ",")) ?? value.endIndex
-            let item = value[start..<end].trimmingOWS()
-            if !item.isEmpty && matches(item) { return true }
-            start = end + 1
-        }
-        return false
     }
 }
 
-func asciiEqualIgnoringCase<C: Collection>(_ bytes: C, _ text: String) -> Bool where C.Element == UInt8 {
-    guard bytes.count == text.utf8.count else { return false }
-    for (a, b) in zip(bytes, text.utf8) where lowerASCII(a) != lowerASCII(b) { return false }
+/// The items of a comma-separated header value, OWS-trimmed, empty ones included (callers that
+/// must refuse them can), sliced in place without allocating.
+struct ListItems: Sequence, IteratorProtocol {
+    private let list: ArraySlice<UInt8>
+    private var start: Int
+    private var done = false
+
+    init(_ list: ArraySlice<UInt8>) {
+        self.list = list
+        start = list.startIndex
+    }
+
+    mutating func next() -> ArraySlice<UInt8>? {
+        guard !done else { return nil }
+        let end = list[start...].firstIndex(of: UInt8(ascii: ",")) ?? list.endIndex
+        done = end == list.endIndex
+        defer { start = end + 1 }
+        return list[start..<end].trimmingOWS()
+    }
+}
+
+func asciiEqualIgnoringCase<A: Collection, B: Collection>(_ a: A, _ b: B) -> Bool where A.Element == UInt8, B.Element == UInt8 {
+    guard a.count == b.count else { return false }
+    for (x, y) in zip(a, b) where lowerASCII(x) != lowerASCII(y) { return false }
     return true
 }
 

@@ -103,7 +103,7 @@ public enum HeadParser {
             return RequestHead(
                 method: method, target: target, minorVersion: minor, headers: headers, framing: framing,
                 keepAlive: keepAlive(headers, minor: minor),
-                expectsContinue: headers.first(.expect).map { asciiEqualIgnoringCase($0.utf8, "100-continue") } ?? false,
+                expectsContinue: headers.first(.expect).map { asciiEqualIgnoringCase($0.utf8, "100-continue".utf8) } ?? false,
                 upgrade: upgradeRequested ? headers.first(.upgrade) : nil,
                 headLength: length)
         }
@@ -174,9 +174,9 @@ public enum HeadParser {
     private static func onlyChunked(_ headers: Headers) -> Bool {
         var codings = 0
         for field in headers.fields where field.known == .transferEncoding {
-            for item in headers.value(field).split(separator: UInt8(ascii: ","), omittingEmptySubsequences: false) {
+            for coding in ListItems(headers.value(field)) {
                 codings += 1
-                if !asciiEqualIgnoringCase(item.trimmingOWS(), "chunked") { return false }
+                if !asciiEqualIgnoringCase(coding, "chunked".utf8) { return false }
             }
         }
         return codings == 1
@@ -186,13 +186,8 @@ public enum HeadParser {
     private static func contentLength(_ headers: Headers) throws(HTTPError) -> Int? {
         var result: Int?
         for field in headers.fields where field.known == .contentLength {
-            // `1024, 1024` is allowed (equal repeats), an empty item is not; scanned in place.
-            let list = headers.value(field)
-            var start = list.startIndex
-            while start <= list.endIndex {
-                let end = list[start...].firstIndex(of: UInt8(ascii: ",")) ?? list.endIndex
-                defer { start = end + 1 }
-                let digits = list[start..<end].trimmingOWS()
+            // `1024, 1024` is allowed (equal repeats), an empty item is not.
+            for digits in ListItems(headers.value(field)) {
                 guard !digits.isEmpty, digits.count <= 18 else { throw .invalidContentLength }
                 var value = 0
                 for d in digits {

@@ -150,10 +150,7 @@ public struct JSONWriter: ~Copyable {
     /// 16 lower-case hex digits of `value`, inside an open string (record ids).
     public mutating func hexDigits(_ value: UInt64) {
         reserve(16)
-        for k in 0..<16 {
-            let nibble = UInt8((value >> (60 - 4 * UInt64(k))) & 0xF)
-            storage[written + k] = nibble < 10 ? 0x30 + nibble : 0x57 + nibble
-        }
+        writeHexDigits(value, to: storage + written)
         written += 16
     }
 
@@ -309,4 +306,12 @@ public struct JSONWriter: ~Copyable {
     }
 
     private func hexDigit(_ v: UInt8) -> UInt8 { v < 10 ? 0x30 + v : 0x61 + v - 10 }
+}
+
+/// The 16 lower-case hex digits of `value` at `destination` (record ids in JSON and in the spool).
+public func writeHexDigits(_ value: UInt64, to destination: UnsafeMutablePointer<UInt8>) {
+    for k in 0..<16 {
+        let nibble = UInt8((value >> (60 - 4 * UInt64(k))) & 0xF)
+        destination[k] = nibble < 10 ? 0x30 + nibble : 0x57 + nibble
+    }
 }

@@ -355,8 +355,8 @@ func base64(_ bytes: [UInt8]) -> String {
 /// the record's own `_id` and its daily index, then the document, each line ending in a newline.
 public struct BulkEncoder {
     let index: String
-    private var indexNames: [Int: String] = [:]
-    private var actionPrefixes: [Int: [UInt8]] = [:]
+    /// Per day: the index name and the action line's start naming it.
+    private var days: [Int: (indexName: String, actionPrefix: [UInt8])] = [:]
     private var ndjson: [UInt8] = []
 
     public init(index: String) { self.index = index }
@@ -368,7 +368,7 @@ public struct BulkEncoder {
         ndjson.removeAll(keepingCapacity: true)
         let suffix = Array("\"}}\n".utf8)
         for index in indices {
-            ndjson.append(contentsOf: actionPrefix(batch.timestampMilliseconds(at: index)))
+            ndjson.append(contentsOf: day(batch.timestampMilliseconds(at: index)).actionPrefix)
             ndjson.append(contentsOf: batch.bytes[batch.idRange(index)])
             ndjson.append(contentsOf: suffix)
             ndjson.append(contentsOf: batch.bytes[batch.documentRange(index)])
@@ -386,23 +386,18 @@ public struct BulkEncoder {
         return true
     }
 
-    /// `{"create":{"_index":"<index>-YYYY.MM.DD","_id":"` for the record's day.
-    private mutating func actionPrefix(_ milliseconds: Int64) -> [UInt8] {
-        let day = Int(milliseconds / 86_400_000)
-        if let cached = actionPrefixes[day] { return cached }
-        let prefix = Array("{\"create\":{\"_index\":\"\(indexName(milliseconds))\",\"_id\":\"".utf8)
-        actionPrefixes[day] = prefix
-        return prefix
-    }
-
     /// `<index>-YYYY.MM.DD` in UTC, from the record's own timestamp.
-    mutating func indexName(_ milliseconds: Int64) -> String {
+    mutating func indexName(_ milliseconds: Int64) -> String { day(milliseconds).indexName }
+
+    /// The record's day: its index name and `{"create":{"_index":"<name>","_id":"`.
+    private mutating func day(_ milliseconds: Int64) -> (indexName: String, actionPrefix: [UInt8]) {
         let day = Int(milliseconds / 86_400_000)
-        if let cached = indexNames[day] { return cached }
+        if let cached = days[day] { return cached }
         let (year, month, dayOfMonth) = civilDate(daysSinceEpoch: day)
         func two(_ n: Int) -> String { n < 10 ? "0\(n)" : "\(n)" }
         let name = "\(index)-\(year).\(two(month)).\(two(dayOfMonth))"
-        indexNames[day] = name
-        return name
+        let entry = (indexName: name, actionPrefix: Array("{\"create\":{\"_index\":\"\(name)\",\"_id\":\"".utf8))
+        days[day] = entry
+        return entry
     }
 }

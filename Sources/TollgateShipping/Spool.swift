@@ -31,12 +31,8 @@ public struct RecordID: Sendable, Equatable {
 
     /// The 32 hex digits at `destination`.
     func writeHex(to destination: UnsafeMutablePointer<UInt8>) {
-        for (offset, value) in [(0, prefix), (16, counter)] {
-            for k in 0..<16 {
-                let nibble = UInt8((value >> (60 - 4 * UInt64(k))) & 0xF)
-                destination[offset + k] = nibble < 10 ? 0x30 + nibble : 0x57 + nibble
-            }
-        }
+        writeHexDigits(prefix, to: destination)
+        writeHexDigits(counter, to: destination + 16)
     }
 }
 
@@ -73,7 +69,7 @@ public struct FramedRecords: Sendable {
         var offset = sealedBytes
         bytes.withUnsafeMutableBytes { raw in
             while offset < raw.count {
-                let length = Int(UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: offset + 4, as: UInt32.self)))
+                let length = Spool.bodyLength(UnsafeRawBufferPointer(raw), at: offset)
                 let crc = tg_crc32c(raw.baseAddress! + offset + Spool.headerSize, length)
                 raw.storeBytes(of: crc.littleEndian, toByteOffset: offset + 8, as: UInt32.self)
                 offset += Spool.headerSize + length
@@ -87,7 +83,7 @@ public struct FramedRecords: Sendable {
         var offset = 0, records = 0
         bytes.withUnsafeBytes { raw in
             while offset < raw.count {
-                let size = Spool.headerSize + Int(UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: offset + 4, as: UInt32.self)))
+                let size = Spool.headerSize + Spool.bodyLength(raw, at: offset)
                 if offset + size > limit { break }
                 offset += size
                 records += 1
@@ -135,7 +131,7 @@ public struct SpoolBatch: Sendable {
         var offset = 0
         framed.bytes.withUnsafeBytes { raw in
             while offset < raw.count {
-                let length = Int(UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: offset + 4, as: UInt32.self)))
+                let length = Spool.bodyLength(raw, at: offset)
                 bodies.append((offset + Spool.headerSize)..<(offset + Spool.headerSize + length))
                 offset += Spool.headerSize + length
             }
@@ -407,10 +403,15 @@ public final class Spool: Sendable {
 
     // MARK: Entries
 
+    /// The body length in the header of the entry at `offset` (which must hold a whole header).
+    static func bodyLength(_ bytes: UnsafeRawBufferPointer, at offset: Int) -> Int {
+        Int(UInt32(littleEndian: bytes.loadUnaligned(fromByteOffset: offset + 4, as: UInt32.self)))
+    }
+
     /// The size of the valid entry at `offset`, or nil for a torn, corrupt or missing one.
     static func entrySize(_ bytes: UnsafeRawBufferPointer, at offset: Int) -> Int? {
         guard bytes.count - offset >= headerSize + 8 + RecordID.hexCount, bytes[offset] == magic else { return nil }
-        let length = Int(UInt32(littleEndian: bytes.loadUnaligned(fromByteOffset: offset + 4, as: UInt32.self)))
+        let length = bodyLength(bytes, at: offset)
         let start = offset + headerSize
         guard length >= 8 + RecordID.hexCount, bytes.count - start >= length else { return nil }
         let crc = UInt32(littleEndian: bytes.loadUnaligned(fromByteOffset: offset + 8, as: UInt32.self))
