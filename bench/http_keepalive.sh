@@ -49,21 +49,9 @@ EOF
 
 while [ $# -gt 0 ]; do
   case "$1" in
-    --write-docs) WRITE_DOCS=1 ;;
-    -d|--duration) DURATION=$2; shift ;;
-    -w|--warmup) WARMUP=$2; shift ;;
-    -c|--connections) CONNECTIONS=$2; shift ;;
-    -t|--threads) THREADS=$2; shift ;;
-    --proxy-cpu) PROXY_CPU=$2; shift ;;
-    --load-cpu) LOAD_CPU=$2; shift ;;
-    --origin-cpu) ORIGIN_CPU=$2; shift ;;
-    --tollgate) TOLLGATE_BIN=$2; shift ;;
-    --wait-idle) WAIT_IDLE=$2; shift ;;
-    --keep-tmp) KEEP_TMP=1 ;;
     -h|--help) usage; exit 0 ;;
-    *) echo "unknown argument: $1" >&2; usage >&2; exit 2 ;;
+    *) bench_common_option "$@" || { echo "unknown argument: $1" >&2; usage >&2; exit 2; }; shift "$SHIFT_BY" ;;
   esac
-  shift
 done
 
 # ---------------------------------------------------------------------------

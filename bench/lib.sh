@@ -1,4 +1,4 @@
-# Shared helpers for the namespace benchmarks (bench/http_keepalive.sh,
+# Shared helpers for the namespace benchmarks (bench/http_keepalive.sh, bench/es_overhead.sh,
 # bench/tls_intercept.sh). Source it, don't run it:
 #
 #   . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -9,6 +9,27 @@
 # output parsing, nginx configuration skeletons and the docs/benchmarks.md writer.
 # Variables a script may set before calling the functions: PROXY_CPU, LOAD_CPU,
 # ORIGIN_CPU, KEEP_TMP, TOLLGATE_BIN, DOCS_FILE.
+
+# The options the namespace benches share (each script's usage text describes them for it).
+# Takes the script's remaining arguments, applies "$1" (and its value), and sets SHIFT_BY;
+# returns 1 for an option it does not know, for the script's own ones.
+bench_common_option() {
+  SHIFT_BY=2
+  case "$1" in
+    --write-docs) WRITE_DOCS=1; SHIFT_BY=1 ;;
+    -d|--duration) DURATION=$2 ;;
+    -w|--warmup) WARMUP=$2 ;;
+    -c|--connections) CONNECTIONS=$2 ;;
+    -t|--threads) THREADS=$2 ;;
+    --proxy-cpu) PROXY_CPU=$2 ;;
+    --load-cpu) LOAD_CPU=$2 ;;
+    --origin-cpu) ORIGIN_CPU=$2 ;;
+    --tollgate) TOLLGATE_BIN=$2 ;;
+    --wait-idle) WAIT_IDLE=$2 ;;
+    --keep-tmp) KEEP_TMP=1; SHIFT_BY=1 ;;
+    *) return 1 ;;
+  esac
+}
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 DOCS_FILE=${DOCS_FILE:-$REPO/docs/benchmarks.md}

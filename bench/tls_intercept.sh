@@ -67,27 +67,15 @@ EOF
 
 while [ $# -gt 0 ]; do
   case "$1" in
-    --write-docs) WRITE_DOCS=1 ;;
-    -d|--duration) DURATION=$2; shift ;;
-    -w|--warmup) WARMUP=$2; shift ;;
-    -c|--connections) CONNECTIONS=$2; shift ;;
-    -t|--threads) THREADS=$2; shift ;;
-    --mitm-duration) MITM_DURATION=$2; shift ;;
-    --mitm-warmup) MITM_WARMUP=$2; shift ;;
-    --mitm-connections) MITM_CONNECTIONS=$2; shift ;;
-    --mitm-venv) MITM_VENV=$2; shift ;;
-    --skip-mitmproxy) SKIP_MITM=1 ;;
-    --idle-conns) IDLE_CONNS=$2; shift ;;
-    --proxy-cpu) PROXY_CPU=$2; shift ;;
-    --load-cpu) LOAD_CPU=$2; shift ;;
-    --origin-cpu) ORIGIN_CPU=$2; shift ;;
-    --tollgate) TOLLGATE_BIN=$2; shift ;;
-    --wait-idle) WAIT_IDLE=$2; shift ;;
-    --keep-tmp) KEEP_TMP=1 ;;
+    --mitm-duration) MITM_DURATION=$2; shift 2 ;;
+    --mitm-warmup) MITM_WARMUP=$2; shift 2 ;;
+    --mitm-connections) MITM_CONNECTIONS=$2; shift 2 ;;
+    --mitm-venv) MITM_VENV=$2; shift 2 ;;
+    --skip-mitmproxy) SKIP_MITM=1; shift ;;
+    --idle-conns) IDLE_CONNS=$2; shift 2 ;;
     -h|--help) usage; exit 0 ;;
-    *) echo "unknown argument: $1" >&2; usage >&2; exit 2 ;;
+    *) bench_common_option "$@" || { echo "unknown argument: $1" >&2; usage >&2; exit 2; }; shift "$SHIFT_BY" ;;
   esac
-  shift
 done
 
 # ---------------------------------------------------------------------------
