@@ -60,23 +60,11 @@ EOF
 
 while [ $# -gt 0 ]; do
   case "$1" in
-    --write-docs) WRITE_DOCS=1 ;;
-    -d|--duration) DURATION=$2; shift ;;
-    -w|--warmup) WARMUP=$2; shift ;;
-    -c|--connections) CONNECTIONS=$2; shift ;;
-    -t|--threads) THREADS=$2; shift ;;
-    --proxy-cpu) PROXY_CPU=$2; shift ;;
-    --load-cpu) LOAD_CPU=$2; shift ;;
-    --origin-cpu) ORIGIN_CPU=$2; shift ;;
-    --es-cpu) ES_CPU=$2; shift ;;
-    --flush-wait) FLUSH_WAIT=$2; shift ;;
-    --tollgate) TOLLGATE_BIN=$2; shift ;;
-    --wait-idle) WAIT_IDLE=$2; shift ;;
-    --keep-tmp) KEEP_TMP=1 ;;
+    --es-cpu) ES_CPU=$2; shift 2 ;;
+    --flush-wait) FLUSH_WAIT=$2; shift 2 ;;
     -h|--help) usage; exit 0 ;;
-    *) echo "unknown argument: $1" >&2; usage >&2; exit 2 ;;
+    *) bench_common_option "$@" || { echo "unknown argument: $1" >&2; usage >&2; exit 2; }; shift "$SHIFT_BY" ;;
   esac
-  shift
 done
 ES_CPU=${ES_CPU:-$LOAD_CPU}
 
@@ -181,7 +169,11 @@ run_config() {
 }
 
 # wrk requests completed in NAME's warm-up and measured runs together
-wrk_total() { awk '/requests in/ {s += $1} END {print s + 0}' "$TMP"/wrk-"$1".txt "$TMP"/wrk-"$1"-warmup.txt 2>/dev/null; }
+wrk_total() {
+  local files=("$TMP/wrk-$1.txt")
+  if [ -f "$TMP/wrk-$1-warmup.txt" ]; then files+=("$TMP/wrk-$1-warmup.txt"); fi  # none with -w 0
+  awk '/requests in/ {s += $1} END {print s + 0}' "${files[@]}"
+}
 
 # ---------------------------------------------------------------------------
 # 1: no flow sinks
