@@ -160,6 +160,33 @@ extension SpoolBatch {
             """)
     }
 
+    /// Our gzip encoder against zlib's inflate: sizes around the encoder's edges, runs (matches
+    /// overlapping themselves), random bytes (nothing to match), matches at the window's edge
+    /// and beyond it, and repetitive JSON like a bulk body.
+    @Test func gzipRoundTripsThroughZlib() {
+        var generator = SystemRandomNumberGenerator()
+        var inputs: [[UInt8]] = (0..<300).map { n in (0..<n).map { _ in UInt8.random(in: 0...3, using: &generator) } }
+        inputs.append([UInt8](repeating: 0x41, count: 100_000))
+        inputs.append((0..<200_000).map { _ in UInt8.random(in: 0...255, using: &generator) })
+        let block = (0..<32_766).map { _ in UInt8.random(in: 0...255, using: &generator) }
+        inputs.append(block + Array(block.prefix(600)) + block + Array(block.prefix(600)))
+        inputs.append(Array((0..<20_000).map { "{\"n\":\($0),\"url\":\"https://api.example.com/v1/items/\($0 * 7919 % 1000)\"}\n" }.joined().utf8))
+        for input in inputs {
+            let bound = tg_gzip_bound(input.count)
+            var compressed = [UInt8](repeating: 0, count: bound)
+            let size = input.withUnsafeBytes { i in compressed.withUnsafeMutableBytes { tg_gzip(i.baseAddress, i.count, $0.baseAddress, bound) } }
+            #expect(size > 0 && size <= bound)
+            var plain = [UInt8](repeating: 0, count: input.count + 1)
+            let restored = compressed.prefix(max(size, 0)).withUnsafeBytes { gz in
+                plain.withUnsafeMutableBytes { tg_gunzip(gz.baseAddress, gz.count, $0.baseAddress, $0.count) }
+            }
+            #expect(restored == input.count)
+            #expect(Array(plain.prefix(max(restored, 0))) == input, "input of \(input.count) bytes")
+        }
+        let small = [UInt8](repeating: 0, count: 64)
+        #expect(small.withUnsafeBytes { i in [UInt8](repeating: 0, count: 10).withUnsafeBytes { tg_gzip(i.baseAddress, i.count, UnsafeMutableRawPointer(mutating: $0.baseAddress), 10) } } == -1)
+    }
+
     @Test func crc32cMatchesTheStandardCheckValue() {
         #expect(Array("123456789".utf8).withUnsafeBytes { tg_crc32c($0.baseAddress, $0.count) } == 0xE306_9283)
         let long = (0..<1000).map { UInt8($0 & 0xFF) }
