@@ -11,6 +11,9 @@
 #include <sys/signalfd.h>
 #include <pthread.h>
 #include <malloc.h>
+#include <sched.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
 
 // linux/netfilter_ipv4.h and linux/netfilter_ipv6/ip6_tables.h clash with netinet/in.h.
 #define TG_SO_ORIGINAL_DST 80
@@ -100,6 +103,14 @@ int tg_read_signal(int sfd) {
 }
 
 void tg_set_thread_name(const char *name) { pthread_setname_np(pthread_self(), name); }
+
+int tg_set_thread_background(void) {
+    struct sched_param param = {0};
+    int rc = pthread_setschedparam(pthread_self(), SCHED_BATCH, &param);
+    if (rc != 0) { errno = rc; return -1; }
+    // Linux applies a thread id's nice value to that thread alone.
+    return setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), 10);
+}
 
 int tg_semaphore_eventfd(void) { return eventfd(0, EFD_SEMAPHORE | EFD_CLOEXEC); }
 

@@ -34,7 +34,7 @@ public final class FlowLog: Sendable {
     public var isEnabled: Bool { path != nil }
 
     public func start() {
-        startThread(name: "tollgate-flowlog") { [self] in runWriter() }
+        startThread(name: "tollgate-flowlog", background: true) { [self] in runWriter() }
     }
 
     /// Hands one encoded record (a JSON line) over; never blocks beyond a short critical section.

@@ -73,8 +73,8 @@ public final class Shipper: Sendable {
 
     public func start() {
         running.store(2, ordering: .releasing)
-        startThread(name: "tollgate-spool") { [self] in runSpoolWriter(); running.subtract(1, ordering: .releasing) }
-        startThread(name: "tollgate-ship") { [self] in runSender(); running.subtract(1, ordering: .releasing) }
+        startThread(name: "tollgate-spool", background: true) { [self] in runSpoolWriter(); running.subtract(1, ordering: .releasing) }
+        startThread(name: "tollgate-ship", background: true) { [self] in runSender(); running.subtract(1, ordering: .releasing) }
     }
 
     /// Moves what is queued to disk and stops; unsent records are delivered by the next run.

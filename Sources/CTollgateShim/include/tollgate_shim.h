@@ -55,6 +55,9 @@ int tg_read_signal(int sfd);
 
 /// Names the calling thread (pthread_setname_np is not visible to Swift on glibc).
 void tg_set_thread_name(const char *name);
+/// Makes the calling thread yield to the event loops: SCHED_BATCH (no wake-up preemption)
+/// and nice 10. 0 on success, -1 with errno.
+int tg_set_thread_background(void);
 
 /// A blocking eventfd in semaphore mode: each read takes one unit (resolver worker threads wait on it).
 int tg_semaphore_eventfd(void);
