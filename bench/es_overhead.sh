@@ -10,7 +10,7 @@
 # The same topology and load as bench/http_keepalive.sh (plain HTTP keep-alive, 1 KiB,
 # wrk from worker, Tollgate `workers: 1` pinned to one CPU). Three Tollgate
 # configurations, one after another:
-#   1. no flow sinks (no log.file, no log.elasticsearch: records are only counted);
+#   1. no flow sinks (no log.file, no log.elasticsearch: requests are counted, no record is encoded);
 #   2. log.file in the temp dir;
 #   3. log.elasticsearch -> Tests/Integration/fake_es.py in gateway on 127.0.0.1
 #      (gzip _bulk, count_only mode: items counted, not parsed), spool in the temp
@@ -308,7 +308,7 @@ if [ "$WRITE_DOCS" -eq 1 ]; then
     echo "- Tollgate: tree at $COMMIT, release binary built $BIN_DATE"
     echo "- Load, per configuration: \`wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s --latency $URL\` from \`worker\` on CPU $LOAD_CPU, after a ${WARMUP}s warm-up;" \
          "origin nginx (1 worker, access log off) in \`internet\` on CPU $ORIGIN_CPU; Tollgate (\`workers: 1\`) in \`gateway\` on CPU $PROXY_CPU behind the nftables redirect of tcp dport 80 to :$PORT."
-    echo "- Configurations, one after another in this run: 1. no \`log\` section (records only counted); 2. \`log.file\` in the temp dir; 3. \`log.elasticsearch\` with \`url: [\"http://127.0.0.1:PORT\"]\` and \`spool\` in the temp dir, pointing at \`Tests/Integration/fake_es.py\` (gzip \`_bulk\`) in \`gateway\` on CPU $ES_CPU, in \`count_only\` mode (it decompresses each bulk body and counts its items instead of parsing and storing every document in Python, which took as much CPU as wrk on the CPU they share)."
+    echo "- Configurations, one after another in this run: 1. no \`log\` section (requests counted, no record encoded: logging off); 2. \`log.file\` in the temp dir; 3. \`log.elasticsearch\` with \`url: [\"http://127.0.0.1:PORT\"]\` and \`spool\` in the temp dir, pointing at \`Tests/Integration/fake_es.py\` (gzip \`_bulk\`) in \`gateway\` on CPU $ES_CPU, in \`count_only\` mode (it decompresses each bulk body and counts its items instead of parsing and storing every document in Python, which took as much CPU as wrk on the CPU they share)."
     echo "- Proxy CPU-s: utime+stime of Tollgate (all threads, the shipper's included) from \`/proc/<pid>/stat\` over the measured run. Requests per CPU-s = completed requests / proxy CPU-s."
     echo
     echo "$TABLE"

@@ -111,6 +111,8 @@ final class Worker: TimerTarget, @unchecked Sendable {  // confined to `loop`'s 
         case .tlsClientRejectedCertificate: counters.increment(.tlsClientRejected)
         default: break
         }
+        // Without a sink nothing reads the document: logging off costs nothing.
+        guard flowLog.isEnabled || settings.shipper != nil else { return }
         idCounter &+= 1
         let id = RecordID(prefix: idPrefix, counter: idCounter)
         json.reset()
