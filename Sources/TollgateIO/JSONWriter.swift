@@ -35,10 +35,13 @@ public struct JSONWriter: ~Copyable {
     // MARK: Structure
 
     @inlinable public mutating func beginObject() { separator(); byte(UInt8(ascii: "{")); needsComma = false }
+    /// `"name":{` — pair with `endObject()`.
+    @inlinable public mutating func beginObject(_ name: StaticString) { key(name); byte(UInt8(ascii: "{")); needsComma = false }
     @inlinable public mutating func endObject() { byte(UInt8(ascii: "}")); needsComma = true }
     public mutating func newline() { byte(0x0A); needsComma = false }
 
-    @inlinable public mutating func key(_ name: StaticString) {
+    // Always inlined: the key's length is then a constant and its copy a few moves.
+    @inlinable @inline(__always) public mutating func key(_ name: StaticString) {
         separator()
         reserve(name.utf8CodeUnitCount + 3)
         storage[written] = UInt8(ascii: "\"")
@@ -143,7 +146,9 @@ public struct JSONWriter: ~Copyable {
 
     /// An already encoded JSON value, copied as it is.
     public mutating func rawJSON(_ value: UnsafeRawBufferPointer) {
-        copy(value, from: 0, to: value.count)
+        reserve(value.count)
+        if let source = value.baseAddress { (UnsafeMutableRawPointer(storage) + written).copyMemory(from: source, byteCount: value.count) }
+        written += value.count
         needsComma = true
     }
 
@@ -171,12 +176,25 @@ public struct JSONWriter: ~Copyable {
         needsComma = true
     }
 
-    /// A key given as bytes that need no escaping (HTTP header names are tokens), lower-cased.
+    /// A key given as bytes that need no escaping (HTTP header names are tokens), lower-cased
+    /// eight bytes at a time.
     public mutating func lowercasedTokenKey(_ name: UnsafeRawBufferPointer) {
         separator()
-        reserve(name.count + 3)
+        reserve(name.count + 3 + 8)  // 8: the last word's overhang
         byte(UInt8(ascii: "\""))
-        for byte in name { storage[written] = byte >= 0x41 && byte <= 0x5A ? byte | 0x20 : byte; written += 1 }
+        if let source = name.baseAddress {
+            let ones: UInt64 = 0x0101_0101_0101_0101
+            var index = 0
+            while index < name.count {
+                let word = Self.word(source, at: index, count: name.count)
+                // High bit of each byte that is an ASCII capital (both sums stay inside their byte).
+                let heptets = word & (ones &* 0x7F)
+                let capitals = (heptets &+ ones &* 0x3F) & ~(heptets &+ ones &* 0x25) & ~word & (ones &* 0x80)
+                (UnsafeMutableRawPointer(storage) + written).storeBytes(of: word | capitals >> 2, as: UInt64.self)
+                written += min(8, name.count - index)
+                index += 8
+            }
+        }
         byte(UInt8(ascii: "\""))
         byte(UInt8(ascii: ":"))
         needsComma = false
@@ -187,27 +205,45 @@ public struct JSONWriter: ~Copyable {
     public mutating func openString() { byte(UInt8(ascii: "\"")) }
     public mutating func closeString() { byte(UInt8(ascii: "\"")); needsComma = true }
 
-    /// Appends `value` inside an open string, escaping what JSON requires: runs that need no
-    /// escaping (nearly all of them) are copied in one go.
+    /// Appends `value` inside an open string, escaping what JSON requires. Eight bytes at a time
+    /// while none needs escaping (nearly always), stored as words rather than through memmove:
+    /// most values are header values a few dozen bytes long, where a call costs more than the copy.
     public mutating func appendEscaped(_ value: UnsafeRawBufferPointer) {
-        reserve(value.count)
-        var runStart = 0
+        guard let source = value.baseAddress else { return }
+        let count = value.count
+        reserve(count + 8)  // 8: the last word's overhang
         var index = 0
-        while index < value.count {
-            // Eight bytes at a time while none of them needs escaping.
-            if value.count - index >= 8 && !Self.needsEscaping(value.loadUnaligned(fromByteOffset: index, as: UInt64.self)) {
+        while index < count {
+            let word = Self.word(source, at: index, count: count)
+            if !Self.needsEscaping(word) {
+                (UnsafeMutableRawPointer(storage) + written).storeBytes(of: word, as: UInt64.self)
+                written += min(8, count - index)
                 index += 8
                 continue
             }
-            let byte = value[index]
-            if byte < 0x20 || byte == UInt8(ascii: "\"") || byte == UInt8(ascii: "\\") || byte == 0x7F {
-                copy(value, from: runStart, to: index)
-                escape(byte)
-                runStart = index + 1
+            for byte in UnsafeRawBufferPointer(rebasing: value[index..<min(index + 8, count)]) {
+                if byte < 0x20 || byte == UInt8(ascii: "\"") || byte == UInt8(ascii: "\\") || byte == 0x7F {
+                    escape(byte)
+                } else {
+                    self.byte(byte)
+                }
             }
-            index += 1
+            index += 8
+            reserve(max(count - index, 0) + 8)
         }
-        copy(value, from: runStart, to: value.count)
+    }
+
+    /// The eight bytes of `source` from `index`; past `count`, bytes "a" (which need no escaping
+    /// and are no capitals), read without touching memory beyond `count`.
+    @inline(__always)
+    private static func word(_ source: UnsafeRawPointer, at index: Int, count: Int) -> UInt64 {
+        let rest = count - index
+        if rest >= 8 { return source.loadUnaligned(fromByteOffset: index, as: UInt64.self) }
+        var word: UInt64 = 0, shift: UInt64 = 0, at = index
+        if rest & 4 != 0 { word = UInt64(source.loadUnaligned(fromByteOffset: at, as: UInt32.self)); shift = 32; at += 4 }
+        if rest & 2 != 0 { word |= UInt64(source.loadUnaligned(fromByteOffset: at, as: UInt16.self)) << shift; shift += 16; at += 2 }
+        if rest & 1 != 0 { word |= UInt64(source.load(fromByteOffset: at, as: UInt8.self)) << shift; shift += 8 }
+        return word | 0x6161_6161_6161_6161 << shift
     }
 
     /// True when some byte of `word` is a control character, a quote, a backslash or DEL (bit tricks from
@@ -221,14 +257,6 @@ public struct JSONWriter: ~Copyable {
     }
 
     // MARK: Internals
-
-    @inline(__always)
-    private mutating func copy(_ value: UnsafeRawBufferPointer, from start: Int, to end: Int) {
-        guard end > start else { return }
-        reserve(end - start)
-        (storage + written).update(from: value.baseAddress!.assumingMemoryBound(to: UInt8.self) + start, count: end - start)
-        written += end - start
-    }
 
     private mutating func escape(_ byte: UInt8) {
         switch byte {

@@ -86,101 +86,103 @@ public struct FlowRecord {
     }
 
     /// Appends the record as one JSON line; `id` becomes `event.id` (and the Elasticsearch `_id`).
+    /// Straight-line writer calls, no closures: a closure capturing the record copied it,
+    /// retaining every field, which cost more than the encoding itself.
     public func encode(into out: inout JSONWriter, id: RecordID, observer: Observer, redaction: Redaction) {
         out.beginObject()
         out.key("@timestamp"); out.timestamp(milliseconds: timestampMilliseconds)
-        out.object("event") { w in
-            w.key("id"); id.write(into: &w)
-            w.field("kind", "event")
-            w.key("category")
-            if method != nil { w.stringArray("network", "web") } else { w.stringArray("network") }
-            w.key("type")
-            if decision == "deny" || action == .rejected {
-                w.stringArray("denied")
-            } else if method != nil {
-                w.stringArray("access")
-            } else {
-                w.stringArray("connection")
-            }
-            w.field("action", action.rawValue)
-            w.field("duration", Int(durationNanoseconds))
-            w.field("outcome", errorType == nil && decision != "deny" ? "success" : "failure")
-            w.field("reason", reason)
+        out.beginObject("event")
+        out.key("id"); id.write(into: &out)
+        out.field("kind", "event")
+        out.key("category")
+        if method != nil { out.stringArray("network", "web") } else { out.stringArray("network") }
+        out.key("type")
+        if decision == "deny" || action == .rejected {
+            out.stringArray("denied")
+        } else if method != nil {
+            out.stringArray("access")
+        } else {
+            out.stringArray("connection")
         }
-        out.object("source") { w in
-            w.field("ip", sourceIP)
-            w.field("port", Int(sourcePort))
-            w.field("bytes", sourceBytes)
-        }
+        out.field("action", action.rawValue)
+        out.field("duration", Int(durationNanoseconds))
+        out.field("outcome", errorType == nil && decision != "deny" ? "success" : "failure")
+        out.field("reason", reason)
+        out.endObject()
+        out.beginObject("source")
+        out.field("ip", sourceIP)
+        out.field("port", Int(sourcePort))
+        out.field("bytes", sourceBytes)
+        out.endObject()
         if destinationIP != nil || destinationDomain != nil {
-            out.object("destination") { w in
-                w.field("ip", destinationIP)
-                w.field("port", destinationPort.map(Int.init))
-                w.field("domain", destinationDomain)
-                w.field("bytes", destinationBytes)
-            }
+            out.beginObject("destination")
+            out.field("ip", destinationIP)
+            out.field("port", destinationPort.map(Int.init))
+            out.field("domain", destinationDomain)
+            out.field("bytes", destinationBytes)
+            out.endObject()
         }
         out.key("observer")
         observer.encoded.withUnsafeBytes { out.rawJSON($0) }
         if urlFull != nil {
-            out.object("url") { w in
-                w.field("full", urlFull)
-                w.field("domain", urlDomain)
-                w.field("path", urlPath)
-                w.field("query", urlQuery)
-            }
+            out.beginObject("url")
+            out.field("full", urlFull)
+            out.field("domain", urlDomain)
+            out.field("path", urlPath)
+            out.field("query", urlQuery)
+            out.endObject()
         }
         if method != nil || statusCode != nil {
-            out.object("http") { w in
-                w.field("version", httpVersion)
-                if method != nil || requestBodyBytes != nil {
-                    w.object("request") { w in
-                        w.field("method", method)
-                        w.object("body") { $0.field("bytes", requestBodyBytes ?? 0) }
-                        if let requestHeaders { w.key("headers"); redaction.write(requestHeaders, into: &w) }
-                    }
-                }
-                if let statusCode {
-                    w.object("response") { w in
-                        w.field("status_code", statusCode)
-                        w.object("body") { $0.field("bytes", responseBodyBytes ?? 0) }
-                        if let responseHeaders { w.key("headers"); redaction.write(responseHeaders, into: &w) }
-                    }
-                }
+            out.beginObject("http")
+            out.field("version", httpVersion)
+            if method != nil || requestBodyBytes != nil {
+                out.beginObject("request")
+                out.field("method", method)
+                out.beginObject("body"); out.field("bytes", requestBodyBytes ?? 0); out.endObject()
+                if let requestHeaders { out.key("headers"); redaction.write(requestHeaders, into: &out) }
+                out.endObject()
             }
+            if let statusCode {
+                out.beginObject("response")
+                out.field("status_code", statusCode)
+                out.beginObject("body"); out.field("bytes", responseBodyBytes ?? 0); out.endObject()
+                if let responseHeaders { out.key("headers"); redaction.write(responseHeaders, into: &out) }
+                out.endObject()
+            }
+            out.endObject()
         }
-        if let userAgent { out.object("user_agent") { $0.field("original", userAgent) } }
-        out.object("network") { w in
-            w.field("protocol", networkProtocol)
-            w.field("transport", "tcp")
-        }
+        if let userAgent { out.beginObject("user_agent"); out.field("original", userAgent); out.endObject() }
+        out.beginObject("network")
+        out.field("protocol", networkProtocol)
+        out.field("transport", "tcp")
+        out.endObject()
         if ruleName != nil {
-            out.object("rule") { w in
-                w.field("name", ruleName)
-                w.field("ruleset", ruleset)
-            }
+            out.beginObject("rule")
+            out.field("name", ruleName)
+            out.field("ruleset", ruleset)
+            out.endObject()
         }
         if tlsHandling != nil {
-            out.object("tls") { w in
-                w.field("version", tlsVersion)
-                w.field("version_protocol", tlsVersion == nil ? nil : "tls")
-                w.field("cipher", tlsCipher)
-                w.field("established", tlsEstablished)
-                if let tlsServerName { w.object("client") { $0.field("server_name", tlsServerName) } }
-            }
+            out.beginObject("tls")
+            out.field("version", tlsVersion)
+            out.field("version_protocol", tlsVersion == nil ? nil : "tls")
+            out.field("cipher", tlsCipher)
+            out.field("established", tlsEstablished)
+            if let tlsServerName { out.beginObject("client"); out.field("server_name", tlsServerName); out.endObject() }
+            out.endObject()
         }
-        out.object("tollgate") { w in
-            w.field("agent", agent)
-            w.field("mode", mode)
-            w.field("tls", tlsHandling)
-            w.field("decision", decision)
-            w.field("upstream_reused", upstreamReused)
-        }
+        out.beginObject("tollgate")
+        out.field("agent", agent)
+        out.field("mode", mode)
+        out.field("tls", tlsHandling)
+        out.field("decision", decision)
+        out.field("upstream_reused", upstreamReused)
+        out.endObject()
         if let errorType {
-            out.object("error") { w in
-                w.field("type", errorType)
-                w.field("message", errorMessage)
-            }
+            out.beginObject("error")
+            out.field("type", errorType)
+            out.field("message", errorMessage)
+            out.endObject()
         }
         out.endObject()
         out.newline()

@@ -16,7 +16,7 @@ public struct Redaction: Sendable {
 
     public init(extraHeaders: [String]) {
         secretHeaderBytes = Array(Set(Self.builtInHeaders + extraHeaders.map { $0.lowercased() })).map { Array($0.utf8) }
-        secretLengths = secretHeaderBytes.reduce(0) { $0 | ($1.count < 64 ? 1 << UInt64($1.count) : 1 << 63) }
+        secretLengths = secretHeaderBytes.reduce(0) { $0 | Self.lengthBit($1.count) }
     }
 
     /// The query with the values of secret-looking parameters replaced.
@@ -36,18 +36,29 @@ public struct Redaction: Sendable {
         headers.withUnsafeBytes { head in
             func bytes(_ range: Range<Int>) -> UnsafeRawBufferPointer { UnsafeRawBufferPointer(rebasing: head[range]) }
             let fields = headers.fields
+            // Repeated names share a length: a name whose length no other field has is written
+            // without comparing it to the others.
+            var lengths: UInt64 = 0, sharedLengths: UInt64 = 0
+            for field in fields {
+                let bit = Self.lengthBit(field.nameRange.count)
+                sharedLengths |= lengths & bit
+                lengths |= bit
+            }
             for index in fields.indices {
                 let name = bytes(fields[index].nameRange)
-                if fields[..<index].contains(where: { sameName(bytes($0.nameRange), name) }) { continue }
+                let mayRepeat = sharedLengths & Self.lengthBit(name.count) != 0
+                if mayRepeat && fields[..<index].contains(where: { sameName(bytes($0.nameRange), name) }) { continue }
                 out.lowercasedTokenKey(name)
                 out.openString()
                 if isSecret(name) {
                     Self.markerBytes.withUnsafeBytes { out.appendEscaped($0) }
                 } else {
                     out.appendEscaped(bytes(fields[index].valueRange))
-                    for later in fields[(index + 1)...] where sameName(bytes(later.nameRange), name) {
-                        Self.separator.withUnsafeBytes { out.appendEscaped($0) }
-                        out.appendEscaped(bytes(later.valueRange))
+                    if mayRepeat {
+                        for later in fields[(index + 1)...] where sameName(bytes(later.nameRange), name) {
+                            Self.separator.withUnsafeBytes { out.appendEscaped($0) }
+                            out.appendEscaped(bytes(later.valueRange))
+                        }
                     }
                 }
                 out.closeString()
@@ -56,11 +67,14 @@ public struct Redaction: Sendable {
         out.endObject()
     }
 
+    /// Bit n for a name n bytes long (bit 63 for 63 and longer).
+    private static func lengthBit(_ count: Int) -> UInt64 { count < 63 ? 1 << UInt64(count) : 1 << 63 }
+
     private static let markerBytes = Array(marker.utf8)
     private static let separator = Array(", ".utf8)
 
     private func isSecret(_ name: UnsafeRawBufferPointer) -> Bool {
-        guard secretLengths & (name.count < 64 ? 1 << UInt64(name.count) : 1 << 63) != 0 else { return false }
+        guard secretLengths & Self.lengthBit(name.count) != 0 else { return false }
         return secretHeaderBytes.contains { secret in secret.withUnsafeBytes { sameName($0, name) } }
     }
 

@@ -6,18 +6,33 @@ import TollgateIO
     /// Every byte value at every position of a word: what JSONSerialization reads back is the input.
     @Test func escapesEveryByteWhereverItSits() throws {
         for special in (0..<0x80).map(UInt8.init) {
-            for position in 0..<20 {
-                var input = Array("abcdefghijklmnopqrstuvwxyz".utf8.prefix(20))
+            for (length, position) in (1...20).flatMap({ length in (0..<length).map { (length, $0) } }) {
+                var input = Array("abcdefghijklmnopqrstuvwxyz".utf8.prefix(length))
                 input[position] = special
-                input += Array("é✓".utf8)
+                if length % 3 == 0 { input += Array("é✓".utf8) }
                 var out = JSONWriter(capacity: 8)
                 out.beginObject()
                 out.key("v")
                 out.stringValue(bytes: input)
                 out.endObject()
                 let object = try #require(try JSONSerialization.jsonObject(with: Data(out.bytes)) as? [String: String])
-                #expect(object["v"] == String(decoding: input, as: UTF8.self), "byte \(special) at \(position)")
+                #expect(object["v"] == String(decoding: input, as: UTF8.self), "byte \(special) at \(position) of \(length)")
             }
+        }
+    }
+
+    /// Header names of every length, with every token character: lower-cased exactly.
+    @Test func lowercasesTokenKeysOfEveryLength() throws {
+        let tokenCharacters = Array("!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz".utf8)
+        for length in 1...40 {
+            let name = (0..<length).map { tokenCharacters[($0 * 7 + length) % tokenCharacters.count] }
+            var out = JSONWriter(capacity: 8)
+            out.beginObject()
+            name.withUnsafeBytes { out.lowercasedTokenKey($0) }
+            out.integer(1)
+            out.endObject()
+            let object = try #require(try JSONSerialization.jsonObject(with: Data(out.bytes)) as? [String: Int])
+            #expect(Array(object.keys) == [String(decoding: name, as: UTF8.self).lowercased()])
         }
     }
 
