@@ -9,7 +9,9 @@
 #
 # The same topology and load as bench/http_keepalive.sh (plain HTTP keep-alive, 1 KiB,
 # wrk from worker, Tollgate `workers: 1` pinned to one CPU). Three Tollgate
-# configurations, one after another:
+# configurations, measured in turn, round after round (--rounds; runs on this
+# 2-CPU VM drift by +-10% over minutes, so each round's ratios compare runs a
+# minute apart and the report gives the median over rounds):
 #   1. no flow sinks (no log.file, no log.elasticsearch: requests are counted, no record is encoded);
 #   2. log.file in the temp dir;
 #   3. log.elasticsearch -> Tests/Integration/fake_es.py in gateway on 127.0.0.1
@@ -35,6 +37,7 @@ LOAD_CPU=1
 ORIGIN_CPU=""      # default: 2 when the machine has 3+ CPUs, else LOAD_CPU
 ES_CPU=""          # default: LOAD_CPU
 FLUSH_WAIT=20      # seconds to wait for the last documents to reach the fake
+ROUNDS=3           # each round measures the three configurations in turn
 WRITE_DOCS=0
 WAIT_IDLE=0
 FAKE_ES=$REPO/Tests/Integration/fake_es.py
@@ -52,6 +55,7 @@ usage: $0 [options]            (run as root)
   --origin-cpu N      CPU the origin nginx is pinned to (default: 2 if present, else --load-cpu)
   --es-cpu N          CPU fake_es.py is pinned to (default: --load-cpu)
   --flush-wait S      wait up to S seconds for the last bulk requests (default $FLUSH_WAIT)
+  --rounds N          rounds of the three configurations (default $ROUNDS)
   --tollgate PATH     Tollgate binary (default \$TOLLGATE_BIN or .build/release/tollgate)
   --wait-idle S       first wait up to S seconds for builds/test runs to finish (default $WAIT_IDLE)
   --keep-tmp          keep the temp dir (configs, logs, raw wrk output)
@@ -62,6 +66,7 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --es-cpu) ES_CPU=$2; shift 2 ;;
     --flush-wait) FLUSH_WAIT=$2; shift 2 ;;
+    --rounds) ROUNDS=$2; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) bench_common_option "$@" || { echo "unknown argument: $1" >&2; usage >&2; exit 2; }; shift "$SHIFT_BY" ;;
   esac
@@ -145,14 +150,15 @@ fake_stat() {  # key -> value from GET /_fake/stats (empty if unreachable)
     | python3 -c 'import json, sys; print(json.load(sys.stdin).get(sys.argv[1], ""))' "$1" 2>/dev/null || true
 }
 
-# run_config NAME: Tollgate with $TMP/tollgate-NAME.yaml, warm-up + measured run;
-# sets the C_* globals of the measured run and leaves Tollgate running in TG_PID.
+# run_config CONFIG NAME: Tollgate with $TMP/tollgate-CONFIG.yaml, warm-up + measured
+# run (files named NAME); sets the C_* globals of the measured run and leaves
+# Tollgate running in TG_PID.
 run_config() {
-  local name=$1
+  local config=$1 name=$2
   wait_port_free "$NS_G" "$PORT"
   wait_port_free "$NS_G" 9901
   log "config $name: tollgate (workers: 1) in $NS_G on CPU $PROXY_CPU"
-  start_in "$NS_G" "$PROXY_CPU" "$TMP/tollgate-$name.stderr" "$TOLLGATE_BIN" run --config "$TMP/tollgate-$name.yaml"
+  start_in "$NS_G" "$PROXY_CPU" "$TMP/tollgate-$name.stderr" "$TOLLGATE_BIN" run --config "$TMP/tollgate-$config.yaml"
   TG_PID=$STARTED_PID
   wait_for 20 "tollgate /healthz ($name)" in_ns "$NS_G" curl -sf -m 2 -o /dev/null http://127.0.0.1:9901/healthz
   wait_for 10 "a correct fetch through tollgate ($name)" check_path
@@ -175,42 +181,10 @@ wrk_total() {
   awk '/requests in/ {s += $1} END {print s + 0}' "${files[@]}"
 }
 
-# ---------------------------------------------------------------------------
-# 1: no flow sinks
-tollgate_conf nosink "# no log section: flow records are only counted"
-run_config nosink
-N_RPS=$C_RPS N_REQS=$C_REQS N_P99=$C_P99 N_CPU=$C_CPU N_PER_CPU=$C_PER_CPU N_NON2XX=$C_NON2XX N_SOCKERR=$C_SOCKERR
-tg_metrics >"$TMP/metrics-nosink.txt" || note "nosink: GET /metrics failed"
-N_SERVED=$(metric_of "$TMP/metrics-nosink.txt" tollgate_http_requests_total)
-bench_stop_tollgate "$TG_PID"
-bench_tollgate_stderr "$TMP/tollgate-nosink.stderr"
-
-# ---------------------------------------------------------------------------
-# 2: log.file
+# The configurations. 3: log.elasticsearch -> fake_es.py in gateway on 127.0.0.1.
+# A copy of the fake in the temp dir: lib.sh's watcher for builds and test runs
+# (HEAVY) would otherwise take it, by its path under Tests/Integration/, for a test run.
 FLOWS=$TMP/tollgate-flows.ndjson
-tollgate_conf file "log:
-  file: $FLOWS"
-run_config file
-F_RPS=$C_RPS F_REQS=$C_REQS F_P99=$C_P99 F_CPU=$C_CPU F_PER_CPU=$C_PER_CPU F_NON2XX=$C_NON2XX F_SOCKERR=$C_SOCKERR
-tg_metrics >"$TMP/metrics-file.txt" || note "file: GET /metrics failed"
-F_SERVED=$(metric_of "$TMP/metrics-file.txt" tollgate_http_requests_total)
-bench_stop_tollgate "$TG_PID"
-bench_tollgate_stderr "$TMP/tollgate-file.stderr"
-if [ -f "$FLOWS" ]; then
-  F_LINES=$(wc -l <"$FLOWS")
-  F_HTTP=$(grep -c '"action":"http_request"' "$FLOWS" || true)
-  log "file: flow log has $F_LINES records, $F_HTTP http_request (Tollgate served ${F_SERVED:-?} HTTP requests)"
-  [ -z "$F_SERVED" ] || [ "$F_HTTP" -ge "$F_SERVED" ] \
-    || note "file: flow log has $F_HTTP http_request records, fewer than the $F_SERVED requests Tollgate served"
-else
-  F_LINES=0 F_HTTP=0
-  note "file: Tollgate wrote no flow log at $FLOWS"
-fi
-
-# ---------------------------------------------------------------------------
-# 3: log.elasticsearch -> fake_es.py in gateway on 127.0.0.1
-# A copy in the temp dir: lib.sh's watcher for builds and test runs (HEAVY) would
-# otherwise take the fake, by its path under Tests/Integration/, for a test run.
 cp "$FAKE_ES" "$TMP/fake_es.py"
 log "starting fake_es.py in $NS_G on CPU $ES_CPU"
 start_in "$NS_G" "$ES_CPU" "$TMP/fake_es.log" python3 "$TMP/fake_es.py" --listen 127.0.0.1:0 --ready "$TMP/fake_es.ready" \
@@ -219,74 +193,138 @@ ES_PID=$STARTED_PID
 wait_for 15 "fake_es.py ready file" test -s "$TMP/fake_es.ready"
 ES_PORT=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["port"])' "$TMP/fake_es.ready")
 wait_for 10 "fake_es.py on 127.0.0.1:$ES_PORT" in_ns "$NS_G" curl -sf -m 2 -o /dev/null "http://127.0.0.1:$ES_PORT/_fake/stats"
+tollgate_conf nosink "# no log section: requests are counted, no record is encoded"
+tollgate_conf file "log:
+  file: $FLOWS"
 tollgate_conf es "log:
   elasticsearch:
     url: [\"http://127.0.0.1:$ES_PORT\"]
     spool: $TMP/spool"
 ES_TICKS0=$(cpu_ticks "$ES_PID")
-run_config es
-E_RPS=$C_RPS E_REQS=$C_REQS E_P99=$C_P99 E_CPU=$C_CPU E_PER_CPU=$C_PER_CPU E_NON2XX=$C_NON2XX E_SOCKERR=$C_SOCKERR
 
-# Wait for the last flush: until nothing is queued and the fake's count stands still.
-log "es: waiting up to ${FLUSH_WAIT}s for the last bulk requests"
-deadline=$((SECONDS + FLUSH_WAIT)) prev=-1 stable=0
-while :; do
-  tg_metrics >"$TMP/metrics-es.txt" || true
+# Per configuration and round: "rps per_cpu cpu p99 requests non2xx sockerr".
+declare -A RESULT
+keep_result() {  # config round
+  RESULT[$1,$2]="$C_RPS $C_PER_CPU $C_CPU $C_P99 $C_REQS $C_NON2XX $C_SOCKERR"
+}
+E_DOCS_TOTAL=0 E_SERVED_TOTAL=0 E_SHIPPED_TOTAL=0 E_QUEUED=0 E_RETRIED=0 E_DEAD=0 E_DROPPED=0 E_WRK_TOTAL=0
+es_metric() { metric_of "$TMP/metrics-es.txt" "$1" | grep . || echo 0; }
+
+for round in $(seq 1 "$ROUNDS"); do
+  # 1: no flow sinks
+  run_config nosink "nosink-r$round"
+  keep_result nosink "$round"
+  bench_stop_tollgate "$TG_PID"
+  bench_tollgate_stderr "$TMP/tollgate-nosink-r$round.stderr"
+
+  # 2: log.file
+  rm -f "$FLOWS"
+  run_config file "file-r$round"
+  keep_result file "$round"
+  tg_metrics >"$TMP/metrics-file.txt" || note "file: GET /metrics failed"
+  F_SERVED=$(metric_of "$TMP/metrics-file.txt" tollgate_http_requests_total)
+  bench_stop_tollgate "$TG_PID"
+  bench_tollgate_stderr "$TMP/tollgate-file-r$round.stderr"
+  F_HTTP=$(grep -c '"action":"http_request"' "$FLOWS" 2>/dev/null || true)
+  log "file round $round: flow log has ${F_HTTP:-0} http_request records (Tollgate served ${F_SERVED:-?} HTTP requests)"
+  [ -z "$F_SERVED" ] || [ "${F_HTTP:-0}" -ge "$F_SERVED" ] \
+    || note "file round $round: flow log has ${F_HTTP:-0} http_request records, fewer than the $F_SERVED requests Tollgate served"
+
+  # 3: log.elasticsearch
+  docs_before=$(fake_stat docs)
+  run_config es "es-r$round"
+  keep_result es "$round"
+  # Wait for the last flush: until nothing is queued and the fake's count stands still.
+  log "es round $round: waiting up to ${FLUSH_WAIT}s for the last bulk requests"
+  deadline=$((SECONDS + FLUSH_WAIT)) prev=-1 stable=0
+  while :; do
+    tg_metrics >"$TMP/metrics-es.txt" || true
+    docs=$(fake_stat docs)
+    queued=$(metric_of "$TMP/metrics-es.txt" tollgate_es_records_queued)
+    if [ "${queued:-1}" = 0 ] && [ "$docs" = "$prev" ]; then
+      stable=$((stable + 1)); [ "$stable" -lt 2 ] || break
+    else
+      stable=0
+    fi
+    prev=$docs
+    [ "$SECONDS" -lt "$deadline" ] || { note "es round $round: after ${FLUSH_WAIT}s the fake still received documents or Tollgate still had ${queued:-?} queued"; break; }
+    sleep 1
+  done
+  served=$(metric_of "$TMP/metrics-es.txt" tollgate_http_requests_total)
+  shipped=$(metric_of "$TMP/metrics-es.txt" tollgate_es_records_shipped_total)
   docs=$(fake_stat docs)
-  queued=$(metric_of "$TMP/metrics-es.txt" tollgate_es_records_queued)
-  if [ "${queued:-1}" = 0 ] && [ "$docs" = "$prev" ]; then
-    stable=$((stable + 1)); [ "$stable" -lt 2 ] || break
+  E_QUEUED=$((E_QUEUED + $(es_metric tollgate_es_records_queued)))
+  E_RETRIED=$((E_RETRIED + $(es_metric tollgate_es_records_retried_total)))
+  E_DEAD=$((E_DEAD + $(es_metric tollgate_es_records_dead_lettered_total)))
+  E_DROPPED=$((E_DROPPED + $(es_metric tollgate_es_records_dropped_total)))
+  E_WRK_TOTAL=$((E_WRK_TOTAL + $(wrk_total "es-r$round")))
+  bench_stop_tollgate "$TG_PID"
+  bench_tollgate_stderr "$TMP/tollgate-es-r$round.stderr"
+  docs_after_stop=$(fake_stat docs)
+  if [ -z "$docs" ] || [ -z "$docs_before" ] || [ -z "$served" ] || [ -z "$shipped" ]; then
+    note "es round $round: could not read the fake's document count or Tollgate's metrics"
   else
-    stable=0
+    round_docs=$((docs - docs_before))
+    # One document per flow record: at least one per HTTP request served.
+    [ "$round_docs" -ge "$served" ] || note "es round $round: the fake stored $round_docs documents, fewer than the $served HTTP requests Tollgate served"
+    [ "$round_docs" -eq "$shipped" ] || note "es round $round: the fake stored $round_docs documents but Tollgate counts $shipped shipped"
+    [ "$docs_after_stop" = "$docs" ] || note "es round $round: $((docs_after_stop - docs)) more documents arrived after SIGTERM"
+    E_DOCS_TOTAL=$((E_DOCS_TOTAL + round_docs)) E_SERVED_TOTAL=$((E_SERVED_TOTAL + served)) E_SHIPPED_TOTAL=$((E_SHIPPED_TOTAL + shipped))
   fi
-  prev=$docs
-  [ "$SECONDS" -lt "$deadline" ] || { note "es: after ${FLUSH_WAIT}s the fake still received documents or Tollgate still had ${queued:-?} queued"; break; }
-  sleep 1
 done
-E_SERVED=$(metric_of "$TMP/metrics-es.txt" tollgate_http_requests_total)
-E_SHIPPED=$(metric_of "$TMP/metrics-es.txt" tollgate_es_records_shipped_total)
-E_QUEUED=$(metric_of "$TMP/metrics-es.txt" tollgate_es_records_queued)
-E_RETRIED=$(metric_of "$TMP/metrics-es.txt" tollgate_es_records_retried_total)
-E_DEAD=$(metric_of "$TMP/metrics-es.txt" tollgate_es_records_dead_lettered_total)
-E_DROPPED=$(metric_of "$TMP/metrics-es.txt" tollgate_es_records_dropped_total)
-E_DOCS=$(fake_stat docs)
 E_BULKS=$(fake_stat bulk_requests)
-E_WRK_TOTAL=$(wrk_total es)
 ES_CPU_S=$(awk -v t=$(( $(cpu_ticks "$ES_PID") - ES_TICKS0 )) -v hz="$CLK_TCK" 'BEGIN {printf "%.2f", t / hz}')
-bench_stop_tollgate "$TG_PID"
-bench_tollgate_stderr "$TMP/tollgate-es.stderr"
-E_DOCS_AFTER_STOP=$(fake_stat docs)
-log "es: fake stored ${E_DOCS:-?} documents (${E_DOCS_AFTER_STOP:-?} after Tollgate stopped) in ${E_BULKS:-?} bulk requests;" \
-    "Tollgate served ${E_SERVED:-?} HTTP requests (wrk completed $E_WRK_TOTAL), shipped ${E_SHIPPED:-?}, queued ${E_QUEUED:-?}," \
-    "retried ${E_RETRIED:-?}, dead-lettered ${E_DEAD:-?}, dropped ${E_DROPPED:-?}; fake_es used $ES_CPU_S CPU-s"
-if [ -z "$E_DOCS" ] || [ -z "$E_SERVED" ] || [ -z "$E_SHIPPED" ]; then
-  note "es: could not read the fake's document count or Tollgate's metrics"
-else
-  # One document per flow record: at least one per HTTP request served.
-  [ "$E_DOCS" -ge "$E_SERVED" ] || note "es: the fake stored $E_DOCS documents, fewer than the $E_SERVED HTTP requests Tollgate served"
-  [ "$E_DOCS" -eq "$E_SHIPPED" ] || note "es: the fake stored $E_DOCS documents but Tollgate counts $E_SHIPPED shipped"
-  [ "$E_DOCS_AFTER_STOP" = "$E_DOCS" ] || note "es: $((E_DOCS_AFTER_STOP - E_DOCS)) more documents arrived after SIGTERM"
-  [ "${E_DEAD:-0}" = 0 ] && [ "${E_DROPPED:-0}" = 0 ] || note "es: ${E_DEAD:-?} dead-lettered, ${E_DROPPED:-?} dropped records"
-fi
+log "es: the fake stored $E_DOCS_TOTAL documents in ${E_BULKS:-?} bulk requests over $ROUNDS rounds; Tollgate served $E_SERVED_TOTAL" \
+    "HTTP requests (wrk completed $E_WRK_TOTAL), shipped $E_SHIPPED_TOTAL, left queued $E_QUEUED, retried $E_RETRIED," \
+    "dead-lettered $E_DEAD, dropped $E_DROPPED; fake_es used $ES_CPU_S CPU-s"
+[ "$E_DEAD" = 0 ] && [ "$E_DROPPED" = 0 ] || note "es: $E_DEAD dead-lettered, $E_DROPPED dropped records"
 kill -TERM "$ES_PID" 2>/dev/null || true
 
 # ---------------------------------------------------------------------------
-# Report
-F_RATIO=$(ratio "$F_PER_CPU" "$N_PER_CPU"); F_RPS_RATIO=$(ratio "$F_RPS" "$N_RPS"); F_CPU_RATIO=$(ratio "$F_CPU" "$N_CPU")
-E_RATIO=$(ratio "$E_PER_CPU" "$N_PER_CPU"); E_RPS_RATIO=$(ratio "$E_RPS" "$N_RPS"); E_CPU_RATIO=$(ratio "$E_CPU" "$N_CPU")
-E_VS_F=$(ratio "$E_PER_CPU" "$F_PER_CPU")
+# Report: a row per configuration and round; ratios to configuration 1 of the same round.
+field() { echo "${RESULT[$1,$2]}" | awk -v i="$3" '{print $i}'; }  # config round index
+median() {  # numbers on stdin -> their median
+  tr ' ' '\n' | grep -E '^[0-9.]+$' | sort -g \
+    | awk '{v[NR] = $1} END { if (NR == 0) print "n/a"; else if (NR % 2) print v[(NR + 1) / 2]; else printf "%.2f", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
 pct() { awk -v r="$1" 'BEGIN { if (r ~ /^[0-9.]+$/) printf "%+.0f%%", (r - 1) * 100; else print "n/a" }'; }
+label_of() {
+  case $1 in
+    nosink) echo "1. no flow sinks" ;;
+    file) echo "2. \`log.file\`" ;;
+    es) echo "3. \`log.elasticsearch\` (fake_es.py, count_only)" ;;
+  esac
+}
+ROWS="" F_RPS_RATIOS="" F_CPU_RATIOS="" E_RPS_RATIOS="" E_CPU_RATIOS=""
+for round in $(seq 1 "$ROUNDS"); do
+  for config in nosink file es; do
+    rps=$(field "$config" "$round" 1) per=$(field "$config" "$round" 2)
+    r_rps=$(ratio "$rps" "$(field nosink "$round" 1)") r_per=$(ratio "$per" "$(field nosink "$round" 2)")
+    case $config in
+      file) F_RPS_RATIOS+=" $r_rps" F_CPU_RATIOS+=" $r_per" ;;
+      es) E_RPS_RATIOS+=" $r_rps" E_CPU_RATIOS+=" $r_per" ;;
+    esac
+    ROWS+="| $round | $(label_of "$config") | $(fmt_int "$rps") | $(field "$config" "$round" 4) ms | $(field "$config" "$round" 5) | $(field "$config" "$round" 3) | $per | $r_rps | $r_per | $(field "$config" "$round" 6) | $(field "$config" "$round" 7) |"$'\n'
+  done
+done
+E_RPS_MEDIAN=$(echo "$E_RPS_RATIOS" | median) E_CPU_MEDIAN=$(echo "$E_CPU_RATIOS" | median)
+F_RPS_MEDIAN=$(echo "$F_RPS_RATIOS" | median) F_CPU_MEDIAN=$(echo "$F_CPU_RATIOS" | median)
 
 TABLE=$(cat <<EOF
-| Tollgate (workers: 1, 1 CPU) | Requests/s | p99 latency | Requests | Proxy CPU-s | Requests per CPU-s | Requests/s vs 1 | CPU-s vs 1 | Requests per CPU-s vs 1 | Non-2xx/3xx | Socket errors |
-|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|
-| 1. no flow sinks | $(fmt_int "$N_RPS") | $N_P99 ms | $N_REQS | $N_CPU | $N_PER_CPU | 1.00 | 1.00 | 1.00 | $N_NON2XX | $N_SOCKERR |
-| 2. \`log.file\` | $(fmt_int "$F_RPS") | $F_P99 ms | $F_REQS | $F_CPU | $F_PER_CPU | $F_RPS_RATIO | $F_CPU_RATIO | $F_RATIO | $F_NON2XX | $F_SOCKERR |
-| 3. \`log.elasticsearch\` (fake_es.py, count_only) | $(fmt_int "$E_RPS") | $E_P99 ms | $E_REQS | $E_CPU | $E_PER_CPU | $E_RPS_RATIO | $E_CPU_RATIO | $E_RATIO | $E_NON2XX | $E_SOCKERR |
+| Round | Tollgate (workers: 1, 1 CPU) | Requests/s | p99 latency | Requests | Proxy CPU-s | Requests per CPU-s | Requests/s vs 1 | Requests per CPU-s vs 1 | Non-2xx/3xx | Socket errors |
+|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|
+${ROWS%$'\n'}
 
-**Elasticsearch logging on / no sinks: requests/s $E_RPS_RATIO ($(pct "$E_RPS_RATIO")), requests per CPU-s $E_RATIO ($(pct "$E_RATIO"))** (aim: within 5%). Elasticsearch / \`log.file\`, requests per CPU-s: $E_VS_F.
+Medians over the $ROUNDS rounds of each round's ratio to configuration 1:
 
-Configuration 3 delivery: the fake counted ${E_DOCS:-?} documents in ${E_BULKS:-?} bulk requests; Tollgate served ${E_SERVED:-?} HTTP requests (wrk completed $E_WRK_TOTAL in the warm-up and measured runs, plus the curl checks) and reports \`tollgate_es_records_shipped_total\` ${E_SHIPPED:-?} (queued ${E_QUEUED:-?}, retried ${E_RETRIED:-?}, dead-lettered ${E_DEAD:-?}, dropped ${E_DROPPED:-?}). fake_es.py used $ES_CPU_S CPU-s on CPU $ES_CPU (shared with wrk).
+| Configuration | Requests/s vs no sinks | Requests per CPU-s vs no sinks |
+|---|---:|---:|
+| 2. \`log.file\` | $F_RPS_MEDIAN ($(pct "$F_RPS_MEDIAN")) | $F_CPU_MEDIAN ($(pct "$F_CPU_MEDIAN")) |
+| 3. \`log.elasticsearch\` | **$E_RPS_MEDIAN ($(pct "$E_RPS_MEDIAN"))** | **$E_CPU_MEDIAN ($(pct "$E_CPU_MEDIAN"))** |
+
+Aim (issue 5): Elasticsearch logging on within 5% of logging off.
+
+Configuration 3 delivery, all rounds: the fake counted $E_DOCS_TOTAL documents in ${E_BULKS:-?} bulk requests; Tollgate served $E_SERVED_TOTAL HTTP requests (wrk completed $E_WRK_TOTAL in the warm-up and measured runs, plus the curl checks) and reports \`tollgate_es_records_shipped_total\` $E_SHIPPED_TOTAL (left queued $E_QUEUED, retried $E_RETRIED, dead-lettered $E_DEAD, dropped $E_DROPPED). fake_es.py used $ES_CPU_S CPU-s on CPU $ES_CPU (shared with wrk).
 EOF
 )
 
@@ -308,7 +346,7 @@ if [ "$WRITE_DOCS" -eq 1 ]; then
     echo "- Tollgate: tree at $COMMIT, release binary built $BIN_DATE"
     echo "- Load, per configuration: \`wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s --latency $URL\` from \`worker\` on CPU $LOAD_CPU, after a ${WARMUP}s warm-up;" \
          "origin nginx (1 worker, access log off) in \`internet\` on CPU $ORIGIN_CPU; Tollgate (\`workers: 1\`) in \`gateway\` on CPU $PROXY_CPU behind the nftables redirect of tcp dport 80 to :$PORT."
-    echo "- Configurations, one after another in this run: 1. no \`log\` section (requests counted, no record encoded: logging off); 2. \`log.file\` in the temp dir; 3. \`log.elasticsearch\` with \`url: [\"http://127.0.0.1:PORT\"]\` and \`spool\` in the temp dir, pointing at \`Tests/Integration/fake_es.py\` (gzip \`_bulk\`) in \`gateway\` on CPU $ES_CPU, in \`count_only\` mode (it decompresses each bulk body and counts its items instead of parsing and storing every document in Python, which took as much CPU as wrk on the CPU they share)."
+    echo "- Configurations, measured in turn in each of $ROUNDS rounds (Tollgate restarted for each): 1. no \`log\` section (requests counted, no record encoded: logging off); 2. \`log.file\` in the temp dir; 3. \`log.elasticsearch\` with \`url: [\"http://127.0.0.1:PORT\"]\` and \`spool\` in the temp dir, pointing at \`Tests/Integration/fake_es.py\` (gzip \`_bulk\`) in \`gateway\` on CPU $ES_CPU, in \`count_only\` mode (it decompresses each bulk body and counts its items instead of parsing and storing every document in Python, which took as much CPU as wrk on the CPU they share)."
     echo "- Proxy CPU-s: utime+stime of Tollgate (all threads, the shipper's included) from \`/proc/<pid>/stat\` over the measured run. Requests per CPU-s = completed requests / proxy CPU-s."
     echo
     echo "$TABLE"
