@@ -106,10 +106,15 @@ timeouts:
   drain: 3s
 EOF
 
+# Case C's configuration: the same without the log section (no record is encoded), to
+# show what the flow record costs; nginx's access log is off too.
+grep -v -e '^log:' -e '^  file:' "$TMP/tollgate.yaml" >"$TMP/tollgate-nolog.yaml"
+
 bench_nginx_check "$NS_I" "$TMP/origin" origin
 bench_nginx_check "$NS_G" "$TMP/proxy" proxy
-"$TOLLGATE_BIN" check-config --config "$TMP/tollgate.yaml" >/dev/null \
-  || die "tollgate check-config rejected $TMP/tollgate.yaml"
+for conf in tollgate tollgate-nolog; do
+  "$TOLLGATE_BIN" check-config --config "$TMP/$conf.yaml" >/dev/null || die "tollgate check-config rejected $TMP/$conf.yaml"
+done
 
 log "starting origin nginx in $NS_I on CPU $ORIGIN_CPU"
 bench_nginx_start "$NS_I" "$ORIGIN_CPU" "$TMP/origin"
@@ -179,17 +184,38 @@ NGX_PIDS_AFTER=$(proc_tree "$NGX_PID" | tr '\n' ' ')
 kill -TERM "$NGX_PID" 2>/dev/null || true
 
 # ---------------------------------------------------------------------------
+# Case C: Tollgate without the flow log (a diagnostic: the aim is case A's)
+wait_port_free "$NS_G" "$PORT"
+wait_port_free "$NS_G" 9901
+log "case C: tollgate (workers: 1), flow log off, in $NS_G on CPU $PROXY_CPU"
+start_in "$NS_G" "$PROXY_CPU" "$TMP/tollgate-nolog.stderr" "$TOLLGATE_BIN" run --config "$TMP/tollgate-nolog.yaml"
+TG_PID=$STARTED_PID
+wait_for 20 "tollgate /healthz (flow log off)" in_ns "$NS_G" curl -sf -m 2 -o /dev/null http://127.0.0.1:9901/healthz
+wait_for 10 "a correct fetch through tollgate (flow log off)" check_path
+measure tollgate-nolog "$WARMUP" "$DURATION" "$TG_PID" "${WRK_ARGS[@]}"
+C_RPS=$R_RPS C_REQS=$R_REQS C_P99=$R_P99 C_CPU=$R_CPU C_PER_CPU=$R_PER_CPU
+C_NON2XX=$R_NON2XX C_SOCKERR=$R_SOCKERR C_UPCONN=$R_UPCONN
+wrk_notes "Tollgate (flow log off)" tollgate-nolog
+bench_stop_tollgate "$TG_PID"
+bench_tollgate_stderr "$TMP/tollgate-nolog.stderr"
+
+# ---------------------------------------------------------------------------
 # Report
 RATIO=$(ratio "$A_PER_CPU" "$B_PER_CPU")
 RPS_RATIO=$(ratio "$A_RPS" "$B_RPS")
+NOLOG_RATIO=$(ratio "$C_PER_CPU" "$B_PER_CPU")
+LOG_COST=$(ratio "$A_PER_CPU" "$C_PER_CPU")
 
 TABLE=$(cat <<EOF
 | Proxy (1 CPU) | Requests/s | p99 latency | Requests | Proxy CPU-s | Requests per CPU-s | Upstream conns opened | Non-2xx/3xx | Socket errors |
 |---|---:|---:|---:|---:|---:|---:|---:|---:|
 | Tollgate (workers: 1, flow log on) | $(fmt_int "$A_RPS") | $A_P99 ms | $A_REQS | $A_CPU | $A_PER_CPU | $A_UPCONN | $A_NON2XX | $A_SOCKERR |
 | nginx $(nginx -v 2>&1 | sed 's|.*nginx/||') (1 worker, upstream keepalive 64) | $(fmt_int "$B_RPS") | $B_P99 ms | $B_REQS | $B_CPU | $B_PER_CPU | $B_UPCONN | $B_NON2XX | $B_SOCKERR |
+| Tollgate (workers: 1, flow log off; diagnostic) | $(fmt_int "$C_RPS") | $C_P99 ms | $C_REQS | $C_CPU | $C_PER_CPU | $C_UPCONN | $C_NON2XX | $C_SOCKERR |
 
 **Tollgate / nginx, requests per CPU-second: $RATIO** (requests/s: $RPS_RATIO)
+
+Diagnostic: Tollgate with the flow log off / nginx, requests per CPU-second: $NOLOG_RATIO; flow log on / off: $LOG_COST.
 EOF
 )
 
@@ -210,6 +236,7 @@ if [ "$WRITE_DOCS" -eq 1 ]; then
     echo "- Command: \`$COMMAND_LINE\` (as root)"
     echo "- Machine: $MACHINE_LINE"
     echo "- Tollgate: tree at $COMMIT, release binary built $BIN_DATE"
+    echo "- Order: Tollgate with its flow log (the aim's case), nginx, then Tollgate without a \`log\` section (no record encoded), each started fresh."
     echo "- Load: \`wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s --latency $URL\` from \`worker\` on CPU $LOAD_CPU, after a ${WARMUP}s warm-up;" \
          "origin nginx (1 worker, access log off) in \`internet\` on CPU $ORIGIN_CPU; the proxy in \`gateway\` on CPU $PROXY_CPU behind the nftables redirect of tcp dport 80 to :$PORT."
     echo "- Proxy CPU-s: utime+stime from \`/proc/<pid>/stat\` over the measured run (all threads; nginx: master + worker). Requests per CPU-s = completed requests / proxy CPU-s. Upstream conns opened = connections the origin accepted during the measured run (its stub_status)."
