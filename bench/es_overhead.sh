@@ -155,13 +155,7 @@ fake_stat() {  # key -> value from GET /_fake/stats (empty if unreachable)
 # Tollgate running in TG_PID.
 run_config() {
   local config=$1 name=$2
-  wait_port_free "$NS_G" "$PORT"
-  wait_port_free "$NS_G" 9901
-  log "config $name: tollgate (workers: 1) in $NS_G on CPU $PROXY_CPU"
-  start_in "$NS_G" "$PROXY_CPU" "$TMP/tollgate-$name.stderr" "$TOLLGATE_BIN" run --config "$TMP/tollgate-$config.yaml"
-  TG_PID=$STARTED_PID
-  wait_for 20 "tollgate /healthz ($name)" in_ns "$NS_G" curl -sf -m 2 -o /dev/null http://127.0.0.1:9901/healthz
-  wait_for 10 "a correct fetch through tollgate ($name)" check_path
+  bench_start_tollgate "$TMP/tollgate-$config.yaml" "$TMP/tollgate-$name.stderr" "config $name"
   local others
   others=$(other_benches)
   measure "$name" "$WARMUP" "$DURATION" "$TG_PID" "${WRK_ARGS[@]}"

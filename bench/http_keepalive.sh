@@ -127,11 +127,7 @@ WRK_ARGS=(-t"$THREADS" -c"$CONNECTIONS" --latency "$URL")
 
 # ---------------------------------------------------------------------------
 # Case A: Tollgate
-log "case A: tollgate (workers: 1) in $NS_G on CPU $PROXY_CPU"
-start_in "$NS_G" "$PROXY_CPU" "$TMP/tollgate.stderr" "$TOLLGATE_BIN" run --config "$TMP/tollgate.yaml"
-TG_PID=$STARTED_PID
-wait_for 20 "tollgate /healthz" in_ns "$NS_G" curl -sf -m 2 -o /dev/null http://127.0.0.1:9901/healthz
-wait_for 10 "a correct fetch through tollgate" check_path
+bench_start_tollgate "$TMP/tollgate.yaml" "$TMP/tollgate.stderr" "case A"
 measure tollgate "$WARMUP" "$DURATION" "$TG_PID" "${WRK_ARGS[@]}"
 A_RPS=$R_RPS A_REQS=$R_REQS A_P99=$R_P99 A_CPU=$R_CPU A_PER_CPU=$R_PER_CPU
 A_NON2XX=$R_NON2XX A_SOCKERR=$R_SOCKERR A_UPCONN=$R_UPCONN
@@ -185,13 +181,7 @@ kill -TERM "$NGX_PID" 2>/dev/null || true
 
 # ---------------------------------------------------------------------------
 # Case C: Tollgate without the flow log (a diagnostic: the aim is case A's)
-wait_port_free "$NS_G" "$PORT"
-wait_port_free "$NS_G" 9901
-log "case C: tollgate (workers: 1), flow log off, in $NS_G on CPU $PROXY_CPU"
-start_in "$NS_G" "$PROXY_CPU" "$TMP/tollgate-nolog.stderr" "$TOLLGATE_BIN" run --config "$TMP/tollgate-nolog.yaml"
-TG_PID=$STARTED_PID
-wait_for 20 "tollgate /healthz (flow log off)" in_ns "$NS_G" curl -sf -m 2 -o /dev/null http://127.0.0.1:9901/healthz
-wait_for 10 "a correct fetch through tollgate (flow log off)" check_path
+bench_start_tollgate "$TMP/tollgate-nolog.yaml" "$TMP/tollgate-nolog.stderr" "case C, flow log off"
 measure tollgate-nolog "$WARMUP" "$DURATION" "$TG_PID" "${WRK_ARGS[@]}"
 C_RPS=$R_RPS C_REQS=$R_REQS C_P99=$R_P99 C_CPU=$R_CPU C_PER_CPU=$R_PER_CPU
 C_NON2XX=$R_NON2XX C_SOCKERR=$R_SOCKERR C_UPCONN=$R_UPCONN

@@ -319,6 +319,20 @@ rss_kib() {  # pids... -> VmRSS summed, KiB
   echo "$total"
 }
 
+# bench_start_tollgate CONFIG STDERR LABEL: Tollgate with CONFIG in gateway on PROXY_CPU
+# (plain-HTTP benches: admin on 127.0.0.1:9901), ready once /healthz answers and the
+# script's check_path fetch through it returns the origin's bytes; sets TG_PID.
+bench_start_tollgate() {
+  local config=$1 stderr=$2 label=$3
+  wait_port_free "$NS_G" "$PORT"
+  wait_port_free "$NS_G" 9901
+  log "$label: tollgate (workers: 1) in $NS_G on CPU $PROXY_CPU"
+  start_in "$NS_G" "$PROXY_CPU" "$stderr" "$TOLLGATE_BIN" run --config "$config"
+  TG_PID=$STARTED_PID
+  wait_for 20 "tollgate /healthz ($label)" in_ns "$NS_G" curl -sf -m 2 -o /dev/null http://127.0.0.1:9901/healthz
+  wait_for 10 "a correct fetch through tollgate ($label)" check_path
+}
+
 # bench_stop_tollgate PID: SIGTERM, wait up to 10 s (then SIGKILL); notes a bad exit.
 bench_stop_tollgate() {
   local pid=$1 rc
