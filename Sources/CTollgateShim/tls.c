@@ -198,11 +198,18 @@ static int select_http11(SSL *ssl, const unsigned char **out, unsigned char *out
 
 static const long tg_modes = SSL_MODE_RELEASE_BUFFERS | SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER;
 
+// Read-ahead: OpenSSL reads what the socket holds in one recv instead of a record's 5-byte
+// header and then its body — two system calls fewer per request and response. Records it
+// reads ahead wait in its buffer where epoll cannot see them: tg_ssl_has_pending tells the
+// connection to keep reading.
+static void set_read_ahead(SSL_CTX *ctx) { SSL_CTX_set_read_ahead(ctx, 1); }
+
 SSL_CTX *tg_server_context(void) {
     SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
     if (!ctx) return NULL;
     SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
     SSL_CTX_set_mode(ctx, tg_modes);
+    set_read_ahead(ctx);
     SSL_CTX_set_alpn_select_cb(ctx, select_http11, NULL);
     SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_SERVER);
     SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE);
@@ -214,6 +221,7 @@ SSL_CTX *tg_client_context(const char *extra_ca_file, char *err, size_t errlen) 
     if (!ctx) { set_err(err, errlen, "client context"); return NULL; }
     SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
     SSL_CTX_set_mode(ctx, tg_modes);
+    set_read_ahead(ctx);
     SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
     SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
     SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION);
@@ -352,6 +360,8 @@ int tg_ssl_handshake(SSL *ssl) {
     int rc = SSL_do_handshake(ssl);
     return rc == 1 ? 1 : map_result(ssl, rc);
 }
+
+int tg_ssl_has_pending(const SSL *ssl) { return SSL_has_pending(ssl); }
 
 int tg_ssl_read(SSL *ssl, void *buf, int len) {
     ERR_clear_error();

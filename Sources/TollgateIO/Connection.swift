@@ -214,6 +214,9 @@ public final class Connection: EventHandler, TimerTarget {
             updateInterest()
             delegate?.connectionHandshakeCompleted(self)
             flush()
+            // The peer's first request may have arrived with its last handshake message and
+            // been read ahead with it: no readiness event will announce it.
+            if !isClosed && wantsRead && transport.hasBufferedInput { readAvailable() }
         case .wantRead:
             transportWantsWrite = false
             updateInterest()
@@ -230,13 +233,14 @@ public final class Connection: EventHandler, TimerTarget {
     private func readAvailable() {
         var gotBytes = false
         if let transport {
-            // Up to four records per wake-up: fair to other connections, few syscalls.
-            for _ in 0..<4 {
+            // What the transport read ahead from the socket (at most one receive's worth), then
+            // back to epoll rather than a read that would only say EAGAIN.
+            while true {
                 switch transport.read(into: inbound, max: Self.transportReadChunk) {
                 case .done(let n):
                     bytesRead += n
                     gotBytes = true
-                    continue
+                    if transport.hasBufferedInput { continue }
                 case .wantRead:
                     break
                 case .wantWrite:

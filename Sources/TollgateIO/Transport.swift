@@ -31,6 +31,9 @@ public protocol Transport: AnyObject {
     func handshake() -> TransportStatus
     func read(into buffer: ByteBuffer, max: Int) -> TransportStatus
     func write(from buffer: ByteBuffer) -> TransportStatus
+    /// True when the transport holds input taken from the socket but not yet returned by `read`:
+    /// epoll cannot report it, so the connection keeps reading while this holds.
+    var hasBufferedInput: Bool { get }
     /// Says goodbye at this layer (close_notify) before the socket's FIN.
     func shutdown()
     /// Releases the transport's resources; the socket is closed by the Connection afterwards.

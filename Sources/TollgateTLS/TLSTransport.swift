@@ -43,6 +43,8 @@ public final class TLSTransport: Transport {
         return rc > 0 ? .done(Int(rc)) : map(rc)
     }
 
+    public var hasBufferedInput: Bool { ssl.map { tg_ssl_has_pending($0) == 1 } ?? false }
+
     public func write(from buffer: ByteBuffer) -> TransportStatus {
         guard let ssl else { return .failed(.system(.brokenPipe)) }
         let rc = buffer.withReadableBytes { bytes in

@@ -116,6 +116,50 @@ def test_no_sni_mints_a_certificate_for_the_ip(testbed, world, tg):
     assert ["IP Address", "203.0.113.10"] in [list(x) for x in cert["subjectAltName"]]
 
 
+def test_a_request_sent_with_the_last_handshake_message_is_answered(testbed, world, tg):
+    # The client's Finished and its first request in one segment: Tollgate's TLS reads ahead,
+    # takes both with the handshake, and no readiness event announces the request.
+    script = (
+        "import socket, ssl, sys\n"
+        "tls_out, tls_in = ssl.MemoryBIO(), ssl.MemoryBIO()\n"
+        "tls = ssl.create_default_context(cafile=sys.argv[1]).wrap_bio(tls_in, tls_out, server_hostname='origin.test')\n"
+        "def receive(raw):\n"
+        "    data = raw.recv(65536)\n"
+        "    if not data:\n"
+        "        return False\n"
+        "    tls_in.write(data)\n"
+        "    return True\n"
+        "with socket.create_connection(('203.0.113.10', 443), timeout=10) as raw:\n"
+        "    while True:\n"
+        "        try:\n"
+        "            tls.do_handshake()\n"
+        "            break\n"
+        "        except ssl.SSLWantReadError:\n"
+        "            raw.sendall(tls_out.read())\n"
+        "            if not receive(raw):\n"
+        "                sys.exit('closed during the handshake')\n"
+        "    tls.write(b'GET /bytes/1024 HTTP/1.1\\r\\nHost: origin.test\\r\\nConnection: close\\r\\n\\r\\n')\n"
+        "    raw.sendall(tls_out.read())\n"
+        "    response = b''\n"
+        "    while True:\n"
+        "        try:\n"
+        "            chunk = tls.read(65536)\n"
+        "            if not chunk:\n"
+        "                break\n"
+        "            response += chunk\n"
+        "        except ssl.SSLWantReadError:\n"
+        "            if not receive(raw):\n"
+        "                break\n"
+        "        except (ssl.SSLZeroReturnError, ssl.SSLEOFError):\n"
+        "            break\n"
+        "    sys.stdout.buffer.write(response)\n"
+    )
+    res = testbed.run_in(testbed.worker, ["python3", "-c", script, str(world.tollgate_ca)], text=False, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.startswith(b"HTTP/1.1 200")
+    assert res.stdout.endswith(BODY_1K)
+
+
 def test_a_client_that_rejects_the_ca_is_a_distinct_record(testbed, world, tg):
     # A name of its own: the daemon is shared, and an earlier test's client rejected
     # origin.test too (this test used to find that record when its own was not yet written).

@@ -48,6 +48,8 @@ SSL *tg_ssl_server(SSL_CTX *ctx, int fd, const uint8_t *prefix, size_t prefix_le
 SSL *tg_ssl_client(SSL_CTX *ctx, int fd, const char *sni, const char *verify_name, int verify_is_ip, SSL_SESSION *session);
 int tg_ssl_handshake(SSL *ssl);
 int tg_ssl_read(SSL *ssl, void *buf, int len);
+/// 1 when OpenSSL holds bytes read from the socket that SSL_read has not returned yet.
+int tg_ssl_has_pending(const SSL *ssl);
 int tg_ssl_write(SSL *ssl, const void *buf, int len);
 /// Sends close_notify (best effort, non-blocking).
 void tg_ssl_shutdown(SSL *ssl);
