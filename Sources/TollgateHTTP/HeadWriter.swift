@@ -71,10 +71,13 @@ public enum HeadWriter {
     }
 
     private static func writeFields(_ headers: Headers, keepingContentLength: Bool, into out: inout [UInt8]) {
+        // Connection nearly always lists only close or keep-alive: then no field needs a look
+        // through the Connection values.
+        let connectionNamesFields = headers.connectionNamesFields
         for field in headers.fields {
             if field.known.isHopByHop && !(keepingContentLength && field.known == .contentLength) { continue }
             let name = headers.name(field)
-            if headers.isNamedByConnection(name) { continue }
+            if connectionNamesFields && headers.isNamedByConnection(name) { continue }
             out.append(contentsOf: name)
             append(": ", to: &out)
             out.append(contentsOf: headers.value(field))

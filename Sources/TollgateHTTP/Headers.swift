@@ -92,6 +92,17 @@ public struct Headers: Sendable {
         fields.contains { field in field.known == known && ListItems(value(field)).contains { asciiEqualIgnoringCase($0, token.utf8) } }
     }
 
+    /// True when a Connection (or Proxy-Connection) header lists something besides `close` and
+    /// `keep-alive`, which is how a sender names further fields hop-by-hop.
+    var connectionNamesFields: Bool {
+        fields.contains { field in
+            (field.known == .connection || field.known == .proxyConnection)
+                && ListItems(value(field)).contains { item in
+                    !item.isEmpty && !asciiEqualIgnoringCase(item, "close".utf8) && !asciiEqualIgnoringCase(item, "keep-alive".utf8)
+                }
+        }
+    }
+
     /// True when the Connection (or Proxy-Connection) header names `name` as an extra hop-by-hop
     /// field (RFC 9110 §7.6.1).
     func isNamedByConnection(_ name: ArraySlice<UInt8>) -> Bool {
