@@ -277,10 +277,6 @@ kill -TERM "$ES_PID" 2>/dev/null || true
 # ---------------------------------------------------------------------------
 # Report: a row per configuration and round; ratios to configuration 1 of the same round.
 field() { echo "${RESULT[$1,$2]}" | awk -v i="$3" '{print $i}'; }  # config round index
-median() {  # numbers on stdin -> their median
-  tr ' ' '\n' | grep -E '^[0-9.]+$' | sort -g \
-    | awk '{v[NR] = $1} END { if (NR == 0) print "n/a"; else if (NR % 2) print v[(NR + 1) / 2]; else printf "%.2f", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
-}
 pct() { awk -v r="$1" 'BEGIN { if (r ~ /^[0-9.]+$/) printf "%+.0f%%", (r - 1) * 100; else print "n/a" }'; }
 label_of() {
   case $1 in

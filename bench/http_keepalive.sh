@@ -8,6 +8,9 @@
 # Case A: Tollgate (`workers: 1`, transparent listener, flow log on) in gateway.
 # Case B: nginx as a plain reverse proxy (1 worker, upstream keepalive) in gateway,
 #         behind the same redirect.
+# Case C: Tollgate without a log section (diagnostic: what the flow record costs).
+# The cases run in turn, round after round (--rounds): single runs on this 2-CPU VM
+# drift by +-10% over minutes, so the report gives each round's ratios and their median.
 # The proxy is pinned to one CPU, wrk (and the origin, on 2-CPU machines) to another.
 # For each case: requests/s, p99 latency, the proxy's CPU-seconds during the run
 # (utime+stime from /proc/<pid>/stat; nginx: master + workers) and requests per
@@ -29,6 +32,7 @@ LOAD_CPU=1
 ORIGIN_CPU=""      # default: 2 when the machine has 3+ CPUs, else LOAD_CPU
 WRITE_DOCS=0
 WAIT_IDLE=0
+ROUNDS=3           # each round measures the three cases in turn
 
 usage() {
   cat <<EOF
@@ -41,6 +45,7 @@ usage: $0 [options]            (run as root)
   --proxy-cpu N       CPU the proxy is pinned to (default $PROXY_CPU)
   --load-cpu N        CPU wrk is pinned to (default $LOAD_CPU)
   --origin-cpu N      CPU the origin nginx is pinned to (default: 2 if present, else --load-cpu)
+  --rounds N          rounds of the three cases (default $ROUNDS)
   --tollgate PATH     Tollgate binary (default \$TOLLGATE_BIN or .build/release/tollgate)
   --wait-idle S       first wait up to S seconds for builds/test runs to finish (default $WAIT_IDLE)
   --keep-tmp          keep the temp dir (configs, logs, raw wrk output)
@@ -49,6 +54,7 @@ EOF
 
 while [ $# -gt 0 ]; do
   case "$1" in
+    --rounds) ROUNDS=$2; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) bench_common_option "$@" || { echo "unknown argument: $1" >&2; usage >&2; exit 2; }; shift "$SHIFT_BY" ;;
   esac
@@ -126,86 +132,105 @@ check_path() {  # the redirected fetch from worker returns the origin's exact by
 WRK_ARGS=(-t"$THREADS" -c"$CONNECTIONS" --latency "$URL")
 
 # ---------------------------------------------------------------------------
-# Case A: Tollgate
-bench_start_tollgate "$TMP/tollgate.yaml" "$TMP/tollgate.stderr" "case A"
-measure tollgate "$WARMUP" "$DURATION" "$TG_PID" "${WRK_ARGS[@]}"
-A_RPS=$R_RPS A_REQS=$R_REQS A_P99=$R_P99 A_CPU=$R_CPU A_PER_CPU=$R_PER_CPU
-A_NON2XX=$R_NON2XX A_SOCKERR=$R_SOCKERR A_UPCONN=$R_UPCONN
-
-kill -0 "$TG_PID" 2>/dev/null || note "Tollgate died during the run (see its stderr below)"
-check_path || note "after the run, a fetch through Tollgate failed or returned different bytes"
-wrk_notes Tollgate tollgate
-A_RSS=$(awk '/^VmRSS:/ {print $2}' "/proc/$TG_PID/status" 2>/dev/null || echo "?")
-A_THREADS=$(awk '/^Threads:/ {print $2}' "/proc/$TG_PID/status" 2>/dev/null || echo "?")
-
-# Stop it (SIGTERM drain) so the port is free, then look at its flow log.
-bench_stop_tollgate "$TG_PID"
+# The cases, round after round: A Tollgate (flow log on), B nginx, C Tollgate with the
+# flow log off (a diagnostic: the aim is A's). Per case and round: "rps per_cpu cpu p99
+# requests non2xx sockerr upconn".
+declare -A RESULT
+keep_result() { RESULT[$1,$2]="$R_RPS $R_PER_CPU $R_CPU $R_P99 $R_REQS $R_NON2XX $R_SOCKERR $R_UPCONN"; }
 FLOWS=$TMP/tollgate-flows.ndjson
-if [ -f "$FLOWS" ]; then
+
+# check_flow_log NAME: the case-A flow log of the run NAME against what wrk completed.
+check_flow_log() {
+  local name=$1
+  if [ ! -f "$FLOWS" ]; then note "$name: Tollgate wrote no flow log at $FLOWS"; return; fi
   # wrk opens (and closes without sending anything) one probe connection per run;
   # Tollgate records those as tcp_relay flows with no bytes.
-  FLOW_LINES=$(wc -l <"$FLOWS")
-  FLOW_HTTP=$(grep -c '"action":"http_request"' "$FLOWS" || true)
-  FLOW_HTTP_NON200=$(grep '"action":"http_request"' "$FLOWS" | grep -vcE '"status_code": *200[,} ]' || true)
-  FLOW_OTHER=$((FLOW_LINES - FLOW_HTTP))
-  FLOW_ERRORS=$(grep -c '"error":{' "$FLOWS" || true)
-  FLOW_NEWUP=$(grep -c '"upstream_reused":false' "$FLOWS" || true)
-  WRK_TOTAL=$(awk '/requests in/ {s += $1} END {print s + 0}' "$TMP"/wrk-tollgate*.txt)
-  WRK_RUNS=$(ls "$TMP"/wrk-tollgate*.txt | wc -l)
-  log "flow log: $FLOW_LINES records: $FLOW_HTTP http_request (wrk completed $WRK_TOTAL + curl checks), $FLOW_HTTP_NON200 of them not 200;" \
-      "$FLOW_OTHER other (wrk runs: $WRK_RUNS, one probe connection each); $FLOW_ERRORS with error; $FLOW_NEWUP on a new upstream connection"
-  [ "$FLOW_HTTP_NON200" -eq 0 ] || note "Tollgate flow log: $FLOW_HTTP_NON200 http_request record(s) without status 200, e.g. $(grep '"action":"http_request"' "$FLOWS" | grep -vE '"status_code": *200[,} ]' | head -1 | cut -c1-400)"
-  [ "$FLOW_ERRORS" -eq 0 ] || note "Tollgate flow log: $FLOW_ERRORS record(s) with an error, e.g. $(grep '"error":{' "$FLOWS" | head -1 | cut -c1-400)"
-  [ "$FLOW_OTHER" -le "$WRK_RUNS" ] || note "Tollgate flow log: $FLOW_OTHER non-HTTP records (expected $WRK_RUNS, wrk's probe connections), e.g. $(grep -v '"action":"http_request"' "$FLOWS" | head -1 | cut -c1-400)"
-  [ "$FLOW_HTTP" -ge "$WRK_TOTAL" ] || note "Tollgate flow log has $FLOW_HTTP http_request records, fewer than the $WRK_TOTAL requests wrk completed"
-else
-  note "Tollgate wrote no flow log at $FLOWS"
-fi
-bench_tollgate_stderr "$TMP/tollgate.stderr"
+  local lines http non200 other errors newup wrk_total wrk_runs
+  lines=$(wc -l <"$FLOWS")
+  http=$(grep -c '"action":"http_request"' "$FLOWS" || true)
+  non200=$(grep '"action":"http_request"' "$FLOWS" | grep -vcE '"status_code": *200[,} ]' || true)
+  other=$((lines - http))
+  errors=$(grep -c '"error":{' "$FLOWS" || true)
+  newup=$(grep -c '"upstream_reused":false' "$FLOWS" || true)
+  wrk_total=$(awk '/requests in/ {s += $1} END {print s + 0}' "$TMP"/wrk-"$name"*.txt)
+  wrk_runs=$(ls "$TMP"/wrk-"$name"*.txt | wc -l)
+  log "$name flow log: $lines records: $http http_request (wrk completed $wrk_total + curl checks), $non200 of them not 200;" \
+      "$other other (wrk runs: $wrk_runs, one probe connection each); $errors with error; $newup on a new upstream connection"
+  [ "$non200" -eq 0 ] || note "$name flow log: $non200 http_request record(s) without status 200, e.g. $(grep '"action":"http_request"' "$FLOWS" | grep -vE '"status_code": *200[,} ]' | head -1 | cut -c1-400)"
+  [ "$errors" -eq 0 ] || note "$name flow log: $errors record(s) with an error, e.g. $(grep '"error":{' "$FLOWS" | head -1 | cut -c1-400)"
+  [ "$other" -le "$wrk_runs" ] || note "$name flow log: $other non-HTTP records (expected $wrk_runs, wrk's probe connections), e.g. $(grep -v '"action":"http_request"' "$FLOWS" | head -1 | cut -c1-400)"
+  [ "$http" -ge "$wrk_total" ] || note "$name flow log has $http http_request records, fewer than the $wrk_total requests wrk completed"
+}
+
+run_tollgate() {  # config round
+  local config=$1 round=$2 name="$1-r$2"
+  rm -f "$FLOWS"
+  bench_start_tollgate "$TMP/$config.yaml" "$TMP/$name.stderr" "$name"
+  measure "$name" "$WARMUP" "$DURATION" "$TG_PID" "${WRK_ARGS[@]}"
+  keep_result "$config" "$round"
+  kill -0 "$TG_PID" 2>/dev/null || note "$name: Tollgate died during the run (see its stderr below)"
+  check_path || note "$name: after the run, a fetch through Tollgate failed or returned different bytes"
+  wrk_notes "Tollgate ($name)" "$name"
+  A_RSS=$(awk '/^VmRSS:/ {print $2}' "/proc/$TG_PID/status" 2>/dev/null || echo "?")
+  A_THREADS=$(awk '/^Threads:/ {print $2}' "/proc/$TG_PID/status" 2>/dev/null || echo "?")
+  bench_stop_tollgate "$TG_PID"
+  [ "$config" != tollgate ] || check_flow_log "$name"
+  bench_tollgate_stderr "$TMP/$name.stderr"
+}
+
+run_nginx() {  # round
+  local round=$1 name="nginx-r$1" pids pids_after
+  wait_port_free "$NS_G" "$PORT"
+  log "$name: nginx reverse proxy (1 worker, upstream keepalive 64) in $NS_G on CPU $PROXY_CPU"
+  bench_nginx_start "$NS_G" "$PROXY_CPU" "$TMP/proxy"
+  NGX_PID=$STARTED_PID
+  wait_for 10 "a correct fetch through nginx" check_path
+  pids=$(proc_tree "$NGX_PID" | tr '\n' ' ')
+  measure "$name" "$WARMUP" "$DURATION" "$pids" "${WRK_ARGS[@]}"
+  keep_result nginx "$round"
+  wrk_notes nginx "$name"
+  pids_after=$(proc_tree "$NGX_PID" | tr '\n' ' ')
+  [ "$pids" = "$pids_after" ] || note "$name: nginx process set changed during the run ($pids-> $pids_after)"
+  kill -TERM "$NGX_PID" 2>/dev/null || true
+  for _ in $(seq 50); do kill -0 "$NGX_PID" 2>/dev/null || break; sleep 0.1; done
+}
+
+for round in $(seq 1 "$ROUNDS"); do
+  run_tollgate tollgate "$round"
+  run_nginx "$round"
+  run_tollgate tollgate-nolog "$round"
+done
 
 # ---------------------------------------------------------------------------
-# Case B: nginx reverse proxy
-wait_port_free "$NS_G" "$PORT"
-log "case B: nginx reverse proxy (1 worker, upstream keepalive 64) in $NS_G on CPU $PROXY_CPU"
-bench_nginx_start "$NS_G" "$PROXY_CPU" "$TMP/proxy"
-NGX_PID=$STARTED_PID
-wait_for 10 "a correct fetch through nginx" check_path
-NGX_PIDS=$(proc_tree "$NGX_PID" | tr '\n' ' ')
-measure nginx "$WARMUP" "$DURATION" "$NGX_PIDS" "${WRK_ARGS[@]}"
-B_RPS=$R_RPS B_REQS=$R_REQS B_P99=$R_P99 B_CPU=$R_CPU B_PER_CPU=$R_PER_CPU
-B_NON2XX=$R_NON2XX B_SOCKERR=$R_SOCKERR B_UPCONN=$R_UPCONN
-wrk_notes nginx nginx
-NGX_PIDS_AFTER=$(proc_tree "$NGX_PID" | tr '\n' ' ')
-[ "$NGX_PIDS" = "$NGX_PIDS_AFTER" ] || note "nginx process set changed during the run ($NGX_PIDS-> $NGX_PIDS_AFTER)"
-kill -TERM "$NGX_PID" 2>/dev/null || true
-
-# ---------------------------------------------------------------------------
-# Case C: Tollgate without the flow log (a diagnostic: the aim is case A's)
-bench_start_tollgate "$TMP/tollgate-nolog.yaml" "$TMP/tollgate-nolog.stderr" "case C, flow log off"
-measure tollgate-nolog "$WARMUP" "$DURATION" "$TG_PID" "${WRK_ARGS[@]}"
-C_RPS=$R_RPS C_REQS=$R_REQS C_P99=$R_P99 C_CPU=$R_CPU C_PER_CPU=$R_PER_CPU
-C_NON2XX=$R_NON2XX C_SOCKERR=$R_SOCKERR C_UPCONN=$R_UPCONN
-wrk_notes "Tollgate (flow log off)" tollgate-nolog
-bench_stop_tollgate "$TG_PID"
-bench_tollgate_stderr "$TMP/tollgate-nolog.stderr"
-
-# ---------------------------------------------------------------------------
-# Report
-RATIO=$(ratio "$A_PER_CPU" "$B_PER_CPU")
-RPS_RATIO=$(ratio "$A_RPS" "$B_RPS")
-NOLOG_RATIO=$(ratio "$C_PER_CPU" "$B_PER_CPU")
-LOG_COST=$(ratio "$A_PER_CPU" "$C_PER_CPU")
+# Report: a row per case and round; each round's ratios; their medians.
+field() { echo "${RESULT[$1,$2]}" | awk -v i="$3" '{print $i}'; }  # case round index
+NGINX_VERSION=$(nginx -v 2>&1 | sed 's|.*nginx/||')
+ROWS="" RATIOS="" RPS_RATIOS="" NOLOG_RATIOS="" LOG_COSTS=""
+for round in $(seq 1 "$ROUNDS"); do
+  for c in tollgate nginx tollgate-nolog; do
+    case $c in
+      tollgate) label="Tollgate (workers: 1, flow log on)" ;;
+      nginx) label="nginx $NGINX_VERSION (1 worker, upstream keepalive 64)" ;;
+      tollgate-nolog) label="Tollgate (workers: 1, flow log off; diagnostic)" ;;
+    esac
+    ROWS+="| $round | $label | $(fmt_int "$(field "$c" "$round" 1)") | $(field "$c" "$round" 4) ms | $(field "$c" "$round" 5) | $(field "$c" "$round" 3) | $(field "$c" "$round" 2) | $(field "$c" "$round" 8) | $(field "$c" "$round" 6) | $(field "$c" "$round" 7) |"$'\n'
+  done
+  RATIOS+=" $(ratio "$(field tollgate "$round" 2)" "$(field nginx "$round" 2)")"
+  RPS_RATIOS+=" $(ratio "$(field tollgate "$round" 1)" "$(field nginx "$round" 1)")"
+  NOLOG_RATIOS+=" $(ratio "$(field tollgate-nolog "$round" 2)" "$(field nginx "$round" 2)")"
+  LOG_COSTS+=" $(ratio "$(field tollgate "$round" 2)" "$(field tollgate-nolog "$round" 2)")"
+done
+RATIO=$(echo "$RATIOS" | median) RPS_RATIO=$(echo "$RPS_RATIOS" | median)
+NOLOG_RATIO=$(echo "$NOLOG_RATIOS" | median) LOG_COST=$(echo "$LOG_COSTS" | median)
 
 TABLE=$(cat <<EOF
-| Proxy (1 CPU) | Requests/s | p99 latency | Requests | Proxy CPU-s | Requests per CPU-s | Upstream conns opened | Non-2xx/3xx | Socket errors |
-|---|---:|---:|---:|---:|---:|---:|---:|---:|
-| Tollgate (workers: 1, flow log on) | $(fmt_int "$A_RPS") | $A_P99 ms | $A_REQS | $A_CPU | $A_PER_CPU | $A_UPCONN | $A_NON2XX | $A_SOCKERR |
-| nginx $(nginx -v 2>&1 | sed 's|.*nginx/||') (1 worker, upstream keepalive 64) | $(fmt_int "$B_RPS") | $B_P99 ms | $B_REQS | $B_CPU | $B_PER_CPU | $B_UPCONN | $B_NON2XX | $B_SOCKERR |
-| Tollgate (workers: 1, flow log off; diagnostic) | $(fmt_int "$C_RPS") | $C_P99 ms | $C_REQS | $C_CPU | $C_PER_CPU | $C_UPCONN | $C_NON2XX | $C_SOCKERR |
+| Round | Proxy (1 CPU) | Requests/s | p99 latency | Requests | Proxy CPU-s | Requests per CPU-s | Upstream conns opened | Non-2xx/3xx | Socket errors |
+|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|
+${ROWS%$'\n'}
 
-**Tollgate / nginx, requests per CPU-second: $RATIO** (requests/s: $RPS_RATIO)
+**Tollgate / nginx, requests per CPU-second: $RATIO** (median of the rounds:$RATIOS; requests/s: $RPS_RATIO)
 
-Diagnostic: Tollgate with the flow log off / nginx, requests per CPU-second: $NOLOG_RATIO; flow log on / off: $LOG_COST.
+Diagnostic: Tollgate with the flow log off / nginx, requests per CPU-second: $NOLOG_RATIO (rounds:$NOLOG_RATIOS); flow log on / off: $LOG_COST.
 EOF
 )
 
@@ -226,7 +251,7 @@ if [ "$WRITE_DOCS" -eq 1 ]; then
     echo "- Command: \`$COMMAND_LINE\` (as root)"
     echo "- Machine: $MACHINE_LINE"
     echo "- Tollgate: tree at $COMMIT, release binary built $BIN_DATE"
-    echo "- Order: Tollgate with its flow log (the aim's case), nginx, then Tollgate without a \`log\` section (no record encoded), each started fresh."
+    echo "- Order: in each of $ROUNDS rounds, Tollgate with its flow log (the aim's case), nginx, then Tollgate without a \`log\` section (no record encoded), each started fresh; the ratios are medians of the per-round ratios."
     echo "- Load: \`wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s --latency $URL\` from \`worker\` on CPU $LOAD_CPU, after a ${WARMUP}s warm-up;" \
          "origin nginx (1 worker, access log off) in \`internet\` on CPU $ORIGIN_CPU; the proxy in \`gateway\` on CPU $PROXY_CPU behind the nftables redirect of tcp dport 80 to :$PORT."
     echo "- Proxy CPU-s: utime+stime from \`/proc/<pid>/stat\` over the measured run (all threads; nginx: master + worker). Requests per CPU-s = completed requests / proxy CPU-s. Upstream conns opened = connections the origin accepted during the measured run (its stub_status)."

@@ -481,6 +481,11 @@ ratio() {  # a b -> a/b with 2 decimals, or n/a
   awk -v a="$1" -v b="$2" 'BEGIN { if (a ~ /^[0-9.]+$/ && b ~ /^[0-9.]+$/ && a > 0 && b > 0) printf "%.2f", a / b; else print "n/a" }'
 }
 
+median() {  # numbers on stdin (space- or newline-separated) -> their median, or n/a
+  tr ' ' '\n' | grep -E '^[0-9.]+$' | sort -g \
+    | awk '{v[NR] = $1} END { if (NR == 0) print "n/a"; else if (NR % 2) print v[(NR + 1) / 2]; else printf "%.2f", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+
 fmt_int() { awk -v n="$1" 'BEGIN { if (n ~ /^[0-9.]+$/) printf "%.0f", n; else print n }'; }
 
 # ---------------------------------------------------------------------------
