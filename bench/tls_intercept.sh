@@ -6,7 +6,8 @@
 #     wrk, origin.test           proxy on :15001                               nginx HTTPS origin
 #     -> 203.0.113.10            (nft redirect of tcp dport 443)               203.0.113.10:443, /1k /64k
 #                                                                              (cert for origin.test, "Origin CA")
-# Proxies, one after the other, each pinned to one CPU:
+# Proxies, each pinned to one CPU; Tollgate and nginx alternate for --rounds rounds (runs
+# on this 2-CPU VM drift by +-10% over minutes: the ratios are medians of per-round ratios):
 #   1. Tollgate: transparent listener, workers: 1, its own CA (tollgate ca init),
 #      tls.upstream_ca = the Origin CA, flow log on;
 #   2. nginx: TLS terminated with a static origin.test certificate ("Bench Proxy CA"),
@@ -38,6 +39,7 @@ LOAD_CPU=1
 ORIGIN_CPU=""
 WRITE_DOCS=0
 WAIT_IDLE=0
+ROUNDS=3
 SKIP_MITM=0
 MITM_VENV=${MITM_VENV:-/var/cache/tollgate-bench/mitmproxy-venv}
 SNI=origin.test
@@ -59,6 +61,7 @@ usage: $0 [options]            (run as root)
   --proxy-cpu N         CPU the proxy is pinned to (default $PROXY_CPU)
   --load-cpu N          CPU wrk is pinned to (default $LOAD_CPU)
   --origin-cpu N        CPU the origin nginx is pinned to (default: 2 if present, else --load-cpu)
+  --rounds N            rounds of Tollgate then nginx, all cases each (default $ROUNDS)
   --tollgate PATH       Tollgate binary (default \$TOLLGATE_BIN or .build/release/tollgate)
   --wait-idle S         first wait up to S seconds for builds/test runs to finish (default $WAIT_IDLE)
   --keep-tmp            keep the temp dir (certificates, configs, logs, raw wrk output)
@@ -73,6 +76,7 @@ while [ $# -gt 0 ]; do
     --mitm-venv) MITM_VENV=$2; shift 2 ;;
     --skip-mitmproxy) SKIP_MITM=1; shift ;;
     --idle-conns) IDLE_CONNS=$2; shift 2 ;;
+    --rounds) ROUNDS=$2; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) bench_common_option "$@" || { echo "unknown argument: $1" >&2; usage >&2; exit 2; }; shift "$SHIFT_BY" ;;
   esac
@@ -285,40 +289,76 @@ wrk_argv() {  # case conns -> WRK_ARGV (the header as one argument)
 }
 
 declare -A RES
-# run_cases PROXY LABEL WARMUP DURATION CONNS "PIDS": the three cases; results in RES[PROXY.case.field].
+# run_cases PROXY LABEL WARMUP DURATION CONNS "PIDS" ROUND: the three cases; results in
+# RES[PROXY.case.rROUND.field].
 run_cases() {
-  local proxy=$1 label=$2 warmup=$3 duration=$4 conns=$5 pids=$6 c
+  local proxy=$1 label=$2 warmup=$3 duration=$4 conns=$5 pids=$6 round=$7 c k
   for c in "${CASES[@]}"; do
     wrk_argv "$c" "$conns"
-    log "$label, ${CASE_TITLE[$c]}"
-    if measure "$proxy-$c" "$warmup" "$duration" "$pids" "${WRK_ARGV[@]}"; then
-      RES[$proxy.$c.rps]=$R_RPS RES[$proxy.$c.reqs]=$R_REQS RES[$proxy.$c.p99]=$R_P99 RES[$proxy.$c.mbps]=$R_MBPS
-      RES[$proxy.$c.cpu]=$R_CPU RES[$proxy.$c.percpu]=$R_PER_CPU RES[$proxy.$c.upconn]=$R_UPCONN
-      RES[$proxy.$c.non2xx]=$R_NON2XX RES[$proxy.$c.sockerr]=$R_SOCKERR RES[$proxy.$c.conns]=$conns
-      wrk_notes "$label (${CASE_TITLE[$c]})" "$proxy-$c"
-    else
-      RES[$proxy.$c.failed]=1
+    log "$label, ${CASE_TITLE[$c]}, round $round"
+    k=$proxy.$c.r$round
+    if measure "$proxy-$c-r$round" "$warmup" "$duration" "$pids" "${WRK_ARGV[@]}"; then
+      RES[$k.rps]=$R_RPS RES[$k.reqs]=$R_REQS RES[$k.p99]=$R_P99 RES[$k.mbps]=$R_MBPS
+      RES[$k.cpu]=$R_CPU RES[$k.percpu]=$R_PER_CPU RES[$k.upconn]=$R_UPCONN
+      RES[$k.non2xx]=$R_NON2XX RES[$k.sockerr]=$R_SOCKERR RES[$k.conns]=$conns
+      wrk_notes "$label (${CASE_TITLE[$c]}, round $round)" "$proxy-$c-r$round"
     fi
   done
 }
 
 # ---------------------------------------------------------------------------
-# 1. Tollgate
-log "1. tollgate (workers: 1, intercepting) in $NS_G on CPU $PROXY_CPU"
-start_in "$NS_G" "$PROXY_CPU" "$TMP/tollgate.stderr" "$TOLLGATE_BIN" run --config "$TMP/tollgate.yaml"
-TG_PID=$STARTED_PID
-wait_for 20 "tollgate /healthz" in_ns "$NS_G" curl -sf -m 2 -o /dev/null http://127.0.0.1:9901/healthz
-wait_for 10 "a correct fetch through tollgate" check_path "$TOLLGATE_CA"
-check_intercepted Tollgate "$TOLLGATE_CA"
-TG_TLS="$TLS_SEEN; session resumption $RESUMPTION"
-run_cases tollgate "Tollgate" "$WARMUP" "$DURATION" "$CONNECTIONS" "$TG_PID"
-kill -0 "$TG_PID" 2>/dev/null || note "Tollgate died during the runs (see its stderr below)"
-check_path "$TOLLGATE_CA" || note "after the runs, a fetch through Tollgate failed or returned different bytes"
-TG_RSS=$(rss_kib "$TG_PID")
-TG_THREADS=$(awk '/^Threads:/ {print $2}' "/proc/$TG_PID/status" 2>/dev/null || echo "?")
-in_ns "$NS_G" curl -sf -m 2 http://127.0.0.1:9901/metrics 2>/dev/null | grep -iE '^tollgate_(tls|upstream|conn)' | head -20 \
-  >"$TMP/tollgate-metrics.txt" || true
-bench_stop_tollgate "$TG_PID"
+# 1 and 2, round after round: Tollgate (its flow log grows across the rounds), then nginx.
+# Only the first round checks what the clients see (the unknown-CA check leaves one
+# rejection in the flow log).
+tollgate_round() {  # round
+  local round=$1
+  wait_port_free "$NS_G" "$PORT"
+  log "1. tollgate (workers: 1, intercepting) in $NS_G on CPU $PROXY_CPU, round $round"
+  start_in "$NS_G" "$PROXY_CPU" "$TMP/tollgate-r$round.stderr" "$TOLLGATE_BIN" run --config "$TMP/tollgate.yaml"
+  TG_PID=$STARTED_PID
+  wait_for 20 "tollgate /healthz" in_ns "$NS_G" curl -sf -m 2 -o /dev/null http://127.0.0.1:9901/healthz
+  wait_for 10 "a correct fetch through tollgate" check_path "$TOLLGATE_CA"
+  if [ "$round" -eq 1 ]; then
+    check_intercepted Tollgate "$TOLLGATE_CA"
+    TG_TLS="$TLS_SEEN; session resumption $RESUMPTION"
+  fi
+  run_cases tollgate "Tollgate" "$WARMUP" "$DURATION" "$CONNECTIONS" "$TG_PID" "$round"
+  kill -0 "$TG_PID" 2>/dev/null || note "Tollgate died during the runs of round $round (see its stderr below)"
+  check_path "$TOLLGATE_CA" || note "after the runs of round $round, a fetch through Tollgate failed or returned different bytes"
+  TG_RSS=$(rss_kib "$TG_PID")
+  TG_THREADS=$(awk '/^Threads:/ {print $2}' "/proc/$TG_PID/status" 2>/dev/null || echo "?")
+  in_ns "$NS_G" curl -sf -m 2 http://127.0.0.1:9901/metrics 2>/dev/null | grep -iE '^tollgate_(tls|upstream|conn)' | head -20 \
+    >"$TMP/tollgate-metrics.txt" || true
+  bench_stop_tollgate "$TG_PID"
+  bench_tollgate_stderr "$TMP/tollgate-r$round.stderr" "$TG_EXPECTED_WARN"
+}
+
+nginx_round() {  # round
+  local round=$1 pids pids_after
+  wait_port_free "$NS_G" "$PORT"
+  log "2. nginx (1 worker, TLS re-encrypting, upstream keepalive 64) in $NS_G on CPU $PROXY_CPU, round $round"
+  bench_nginx_start "$NS_G" "$PROXY_CPU" "$TMP/proxy"
+  NGX_PID=$STARTED_PID
+  wait_for 10 "a correct fetch through nginx" check_path "$PKI/proxy-ca.pem"
+  if [ "$round" -eq 1 ]; then
+    check_intercepted nginx "$PKI/proxy-ca.pem"
+    NGX_TLS="$TLS_SEEN; session resumption $RESUMPTION"
+  fi
+  pids=$(proc_tree "$NGX_PID" | tr '\n' ' ')
+  run_cases nginx "nginx" "$WARMUP" "$DURATION" "$CONNECTIONS" "$pids" "$round"
+  pids_after=$(proc_tree "$NGX_PID" | tr '\n' ' ')
+  [ "$pids" = "$pids_after" ] || note "nginx process set changed during the runs of round $round ($pids-> $pids_after)"
+  kill -TERM "$NGX_PID" 2>/dev/null || true
+  for _ in $(seq 50); do kill -0 "$NGX_PID" 2>/dev/null || break; sleep 0.1; done
+}
+
+# Expected warnings: wrk closing handshakes when it stops, and the unknown-CA check.
+TG_EXPECTED_WARN='rejected the intercepted certificate for origin.test: (peer closed the connection during the TLS handshake|tlsv1 alert unknown ca)'
+for round in $(seq 1 "$ROUNDS"); do
+  tollgate_round "$round"
+  nginx_round "$round"
+done
+while read -r l; do note "nginx error.log: ${l:0:300}"; done < <(grep -E '\[(error|crit|alert|emerg)\]' "$TMP/proxy/error.log" | head -2 || true)
 # The flow log, sorted: what is expected (one http_request with status 200 per request;
 # the end of each wrk run, which drops the connections it has open: requests whose
 # client went away, handshakes it closed, connections that sent nothing; the one
@@ -394,9 +434,6 @@ if [ -f "$FLOWS" ]; then
 else
   note "Tollgate wrote no flow log at $FLOWS"
 fi
-# Expected warnings: wrk closing handshakes when it stops, and the unknown-CA check.
-TG_EXPECTED_WARN='rejected the intercepted certificate for origin.test: (peer closed the connection during the TLS handshake|tlsv1 alert unknown ca)'
-bench_tollgate_stderr "$TMP/tollgate.stderr" "$TG_EXPECTED_WARN"
 [ -s "$TMP/tollgate-metrics.txt" ] && { log "tollgate metrics at the end of the runs:"; sed 's/^/    /' "$TMP/tollgate-metrics.txt" >&2; }
 
 # ---------------------------------------------------------------------------
@@ -450,23 +487,6 @@ for l in open(sys.argv[1]):
 fi
 
 # ---------------------------------------------------------------------------
-# 2. nginx terminating and re-encrypting
-wait_port_free "$NS_G" "$PORT"
-log "2. nginx (1 worker, TLS re-encrypting, upstream keepalive 64) in $NS_G on CPU $PROXY_CPU"
-bench_nginx_start "$NS_G" "$PROXY_CPU" "$TMP/proxy"
-NGX_PID=$STARTED_PID
-wait_for 10 "a correct fetch through nginx" check_path "$PKI/proxy-ca.pem"
-check_intercepted nginx "$PKI/proxy-ca.pem"
-NGX_TLS="$TLS_SEEN; session resumption $RESUMPTION"
-NGX_PIDS=$(proc_tree "$NGX_PID" | tr '\n' ' ')
-run_cases nginx "nginx" "$WARMUP" "$DURATION" "$CONNECTIONS" "$NGX_PIDS"
-NGX_PIDS_AFTER=$(proc_tree "$NGX_PID" | tr '\n' ' ')
-[ "$NGX_PIDS" = "$NGX_PIDS_AFTER" ] || note "nginx process set changed during the runs ($NGX_PIDS-> $NGX_PIDS_AFTER)"
-while read -r l; do note "nginx error.log: ${l:0:300}"; done < <(grep -E '\[(error|crit|alert|emerg)\]' "$TMP/proxy/error.log" | head -2 || true)
-kill -TERM "$NGX_PID" 2>/dev/null || true
-for _ in $(seq 50); do kill -0 "$NGX_PID" 2>/dev/null || break; sleep 0.1; done
-
-# ---------------------------------------------------------------------------
 # 3. mitmproxy
 MITM_TLS=""
 if [ -z "$MITM_REASON" ]; then
@@ -484,7 +504,7 @@ if [ -z "$MITM_REASON" ]; then
     check_intercepted mitmproxy "$MITM_CA"
     MITM_TLS="$TLS_SEEN; session resumption $RESUMPTION"
     MITM_PIDS=$(proc_tree "$MITM_PID" | tr '\n' ' ')
-    run_cases mitm "mitmproxy" "$MITM_WARMUP" "$MITM_DURATION" "$MITM_CONNECTIONS" "$MITM_PIDS"
+    run_cases mitm "mitmproxy" "$MITM_WARMUP" "$MITM_DURATION" "$MITM_CONNECTIONS" "$MITM_PIDS" 1
     kill -0 "$MITM_PID" 2>/dev/null || note "mitmproxy died during the runs"
   else
     MITM_REASON="did not come up or did not serve a correct fetch (its log: $(tail -n 3 "$TMP/mitm/mitmdump.log" 2>/dev/null | tr '\n' ' ' | cut -c1-300))"
@@ -502,29 +522,45 @@ declare -A PROXY_LABEL=(
   [nginx]="nginx $NGINX_VERSION (1 worker, re-encrypting, upstream keepalive 64)"
   [mitm]="mitmproxy ${MITM_VERSION:-} (mitmdump -q, transparent)"
 )
-row() {  # proxy case
-  local p=$1 c=$2 k="$1.$2"
+row() {  # proxy case round
+  local p=$1 c=$2 r=$3 k="$1.$2.r$3"
   if [ -n "${RES[$k.rps]:-}" ]; then
     local mb="–"
     [ "$c" = ka64k ] && mb=${RES[$k.mbps]}
-    echo "| ${CASE_TITLE[$c]} | ${PROXY_LABEL[$p]} | ${RES[$k.conns]} | $(fmt_int "${RES[$k.rps]}") | $mb | ${RES[$k.p99]} ms | ${RES[$k.reqs]} | ${RES[$k.cpu]} | **${RES[$k.percpu]}** | ${RES[$k.upconn]} | ${RES[$k.non2xx]} | ${RES[$k.sockerr]} |"
+    echo "| ${CASE_TITLE[$c]} | $r | ${PROXY_LABEL[$p]} | ${RES[$k.conns]} | $(fmt_int "${RES[$k.rps]}") | $mb | ${RES[$k.p99]} ms | ${RES[$k.reqs]} | ${RES[$k.cpu]} | **${RES[$k.percpu]}** | ${RES[$k.upconn]} | ${RES[$k.non2xx]} | ${RES[$k.sockerr]} |"
   elif [ "$p" = mitm ] && [ -n "$MITM_REASON" ]; then
-    echo "| ${CASE_TITLE[$c]} | mitmproxy | – | not measured (see notes) | | | | | | | | |"
+    echo "| ${CASE_TITLE[$c]} | $r | mitmproxy | – | not measured (see notes) | | | | | | | | |"
   else
-    echo "| ${CASE_TITLE[$c]} | ${PROXY_LABEL[$p]} | – | failed (see notes) | | | | | | | | |"
+    echo "| ${CASE_TITLE[$c]} | $r | ${PROXY_LABEL[$p]} | – | failed (see notes) | | | | | | | | |"
   fi
 }
+# ratios_of A B CASE: each round's A/B requests per CPU-s (B from round 1 for mitmproxy).
+ratios_of() {
+  local a=$1 b=$2 c=$3 r out=""
+  for r in $(seq 1 "$ROUNDS"); do
+    local br=$r
+    [ "$b" = mitm ] && br=1
+    out+=" $(ratio "${RES[$a.$c.r$r.percpu]:-}" "${RES[$b.$c.r$br.percpu]:-}")"
+  done
+  echo "$out"
+}
 TABLE=$(
-  echo "| Case | Proxy (1 CPU) | wrk conns | Requests/s | MiB/s | p99 latency | Requests | Proxy CPU-s | Requests per CPU-s | Upstream conns opened | Non-2xx/3xx | Socket errors |"
-  echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+  echo "| Case | Round | Proxy (1 CPU) | wrk conns | Requests/s | MiB/s | p99 latency | Requests | Proxy CPU-s | Requests per CPU-s | Upstream conns opened | Non-2xx/3xx | Socket errors |"
+  echo "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
   for c in "${CASES[@]}"; do
-    for p in tollgate nginx mitm; do row "$p" "$c"; done
+    for r in $(seq 1 "$ROUNDS"); do
+      for p in tollgate nginx; do row "$p" "$c" "$r"; done
+    done
+    row mitm "$c" 1
   done
   echo
-  echo "| Case | Tollgate / nginx, requests per CPU-s | Tollgate / mitmproxy, requests per CPU-s | Aim vs nginx (issue 3) |"
-  echo "|---|---:|---:|---:|"
+  echo "Medians over the $ROUNDS rounds of each round's ratio (mitmproxy measured once):"
+  echo
+  echo "| Case | Tollgate / nginx, requests per CPU-s | its rounds | Tollgate / mitmproxy, requests per CPU-s | Aim vs nginx (issue 3) |"
+  echo "|---|---:|---|---:|---:|"
   for c in "${CASES[@]}"; do
-    echo "| ${CASE_TITLE[$c]} | **$(ratio "${RES[tollgate.$c.percpu]:-}" "${RES[nginx.$c.percpu]:-}")** | $(ratio "${RES[tollgate.$c.percpu]:-}" "${RES[mitm.$c.percpu]:-}") | ${CASE_AIM[$c]} |"
+    nginx_ratios=$(ratios_of tollgate nginx "$c")
+    echo "| ${CASE_TITLE[$c]} | **$(echo "$nginx_ratios" | median)** |$nginx_ratios | $(ratios_of tollgate mitm "$c" | median) | ${CASE_AIM[$c]} |"
   done
   echo
   echo "Memory: $MEM_LINE"
@@ -554,7 +590,7 @@ if [ "$WRITE_DOCS" -eq 1 ]; then
     echo "- Tollgate: tree at $COMMIT, release binary built $BIN_DATE"
     echo "- Topology: \`worker\` — \`gateway\` — \`internet\`; the gateway's nftables redirect of the worker's tcp dport 443 to :$PORT; an nginx HTTPS origin (1 worker, access log off, certificate for \`$SNI\` from a throwaway \"Origin CA\", ECDSA P-256) on $ORIGIN_IP:443 in \`internet\` on CPU $ORIGIN_CPU; \`$SNI\` resolves to $ORIGIN_IP in \`worker\`. Each proxy runs alone in \`gateway\` on CPU $PROXY_CPU and verifies the origin against the Origin CA and the name \`$SNI\`."
     echo "- Proxies: **Tollgate** \`run\` with the transparent listener, \`workers: 1\`, its own CA (\`tollgate ca init\`), \`tls.upstream_ca\` = the Origin CA, flow log to a file. **nginx** \`listen $PORT ssl\` with a static \`$SNI\` certificate (ECDSA P-256, \"Bench Proxy CA\"), \`proxy_pass https://origin_up\` with \`proxy_ssl_verify on\`, \`proxy_ssl_name $SNI\`, \`proxy_ssl_server_name on\`, \`proxy_ssl_session_reuse on\`, upstream \`keepalive 64\`, \`proxy_http_version 1.1\`, 1 worker, access log off. **mitmproxy** \`mitmdump -q --mode transparent --listen-port $PORT --set confdir=… --set ssl_insecure=false --set ssl_verify_upstream_trusted_ca=<Origin CA>\` (from a venv; \`-q\`: no per-flow console output)."
-    echo "- Load: wrk from \`worker\` on CPU $LOAD_CPU (trusting nothing: wrk does not verify certificates; curl checks with each proxy's CA, and that trusting only the Origin CA fails, before the runs): \`wrk $(case_args ka1k "$CONNECTIONS") -d${DURATION}s\`; the same with \`-H 'Connection: close'\` (every request on a new TLS connection; wrk resumes its session, see TLS below); \`wrk $(case_args ka64k "$CONNECTIONS") -d${DURATION}s\`; each after a ${WARMUP}s warm-up. mitmproxy is slow, so its runs are shorter and lighter: ${MITM_DURATION}s after a ${MITM_WARMUP}s warm-up, ${MITM_CONNECTIONS} connections (per-CPU-second figures stay comparable)."
+    echo "- Load: wrk from \`worker\` on CPU $LOAD_CPU (trusting nothing: wrk does not verify certificates; curl checks with each proxy's CA, and that trusting only the Origin CA fails, before the runs): \`wrk $(case_args ka1k "$CONNECTIONS") -d${DURATION}s\`; the same with \`-H 'Connection: close'\` (every request on a new TLS connection; wrk resumes its session, see TLS below); \`wrk $(case_args ka64k "$CONNECTIONS") -d${DURATION}s\`; each after a ${WARMUP}s warm-up; Tollgate (all three cases) then nginx (all three), repeated for $ROUNDS rounds, each proxy started fresh per round. mitmproxy is slow, so its runs are shorter and lighter: ${MITM_DURATION}s after a ${MITM_WARMUP}s warm-up, ${MITM_CONNECTIONS} connections (per-CPU-second figures stay comparable)."
     echo "- TLS: all three negotiate TLS 1.3 with the clients (nginx 1.22 offers only up to TLS 1.2 by default; the script sets \`ssl_protocols TLSv1.2 TLSv1.3\` on the nginx proxy and the origin, and \`proxy_ssl_protocols\` likewise). wrk keeps its TLS session across reconnects (it \`SSL_clear\`s and reuses the SSL object), so in the new-connection case every handshake is a resumption — in TLS 1.3 a PSK handshake that still does an ECDHE exchange; in TLS 1.2 an abbreviated handshake without one, about twice as cheap, which is why nginx with its TLS 1.2 default does about twice as many new connections per CPU-second. The session-resumption line below is \`openssl s_client -sess_out/-sess_in\` through each proxy."
     echo "- Proxy CPU-s: utime+stime from \`/proc/<pid>/stat\` of all the proxy's processes (all threads; nginx: master + worker) over the measured run. Requests per CPU-s = completed requests / proxy CPU-s, the figure to compare (it does not depend on whether wrk or the origin, which share CPU $LOAD_CPU, is the bottleneck). MiB/s = wrk's Transfer/sec. Upstream conns opened = connections the origin accepted during the measured run (its stub_status)."
     echo "- Memory: a fresh Tollgate; \`bench/idle_tls_clients.py\` in \`worker\` opens the connections (100 at a time), completes the handshake trusting the Tollgate CA, sends one keep-alive \`GET /1k\` on each and reads the response, then keeps them idle; per connection = (VmRSS with them open, 5 s after the last − VmRSS before) / connections."
