@@ -214,6 +214,9 @@ EOF
 }
 tollgate_config "$TMP/tollgate-flows.ndjson" >"$TMP/tollgate.yaml"
 tollgate_config "$TMP/tollgate-idle-flows.ndjson" >"$TMP/tollgate-idle.yaml"
+# A diagnostic: the same without the log section (no record encoded), as nginx runs without
+# its access log.
+grep -v -e '^log:' -e '^  file:' "$TMP/tollgate.yaml" >"$TMP/tollgate-nolog.yaml"
 
 bench_nginx_check "$NS_I" "$TMP/origin" origin
 bench_nginx_check "$NS_G" "$TMP/proxy" proxy
@@ -310,27 +313,29 @@ run_cases() {
 # 1 and 2, round after round: Tollgate (its flow log grows across the rounds), then nginx.
 # Only the first round checks what the clients see (the unknown-CA check leaves one
 # rejection in the flow log).
-tollgate_round() {  # round
-  local round=$1
+tollgate_round() {  # round [config key]: key tgnolog is the diagnostic run without the flow log
+  local round=$1 config=${2:-tollgate} key=${3:-tollgate}
   wait_port_free "$NS_G" "$PORT"
-  log "1. tollgate (workers: 1, intercepting) in $NS_G on CPU $PROXY_CPU, round $round"
-  start_in "$NS_G" "$PROXY_CPU" "$TMP/tollgate-r$round.stderr" "$TOLLGATE_BIN" run --config "$TMP/tollgate.yaml"
+  log "1. tollgate (workers: 1, intercepting, $config) in $NS_G on CPU $PROXY_CPU, round $round"
+  start_in "$NS_G" "$PROXY_CPU" "$TMP/$key-r$round.stderr" "$TOLLGATE_BIN" run --config "$TMP/$config.yaml"
   TG_PID=$STARTED_PID
   wait_for 20 "tollgate /healthz" in_ns "$NS_G" curl -sf -m 2 -o /dev/null http://127.0.0.1:9901/healthz
   wait_for 10 "a correct fetch through tollgate" check_path "$TOLLGATE_CA"
-  if [ "$round" -eq 1 ]; then
+  if [ "$round" -eq 1 ] && [ "$key" = tollgate ]; then
     check_intercepted Tollgate "$TOLLGATE_CA"
     TG_TLS="$TLS_SEEN; session resumption $RESUMPTION"
   fi
-  run_cases tollgate "Tollgate" "$WARMUP" "$DURATION" "$CONNECTIONS" "$TG_PID" "$round"
-  kill -0 "$TG_PID" 2>/dev/null || note "Tollgate died during the runs of round $round (see its stderr below)"
-  check_path "$TOLLGATE_CA" || note "after the runs of round $round, a fetch through Tollgate failed or returned different bytes"
-  TG_RSS=$(rss_kib "$TG_PID")
-  TG_THREADS=$(awk '/^Threads:/ {print $2}' "/proc/$TG_PID/status" 2>/dev/null || echo "?")
-  in_ns "$NS_G" curl -sf -m 2 http://127.0.0.1:9901/metrics 2>/dev/null | grep -iE '^tollgate_(tls|upstream|conn)' | head -20 \
-    >"$TMP/tollgate-metrics.txt" || true
+  run_cases "$key" "Tollgate ($config)" "$WARMUP" "$DURATION" "$CONNECTIONS" "$TG_PID" "$round"
+  kill -0 "$TG_PID" 2>/dev/null || note "Tollgate ($config) died during the runs of round $round (see its stderr below)"
+  check_path "$TOLLGATE_CA" || note "after the runs of round $round, a fetch through Tollgate ($config) failed or returned different bytes"
+  if [ "$key" = tollgate ]; then
+    TG_RSS=$(rss_kib "$TG_PID")
+    TG_THREADS=$(awk '/^Threads:/ {print $2}' "/proc/$TG_PID/status" 2>/dev/null || echo "?")
+    in_ns "$NS_G" curl -sf -m 2 http://127.0.0.1:9901/metrics 2>/dev/null | grep -iE '^tollgate_(tls|upstream|conn)' | head -20 \
+      >"$TMP/tollgate-metrics.txt" || true
+  fi
   bench_stop_tollgate "$TG_PID"
-  bench_tollgate_stderr "$TMP/tollgate-r$round.stderr" "$TG_EXPECTED_WARN"
+  bench_tollgate_stderr "$TMP/$key-r$round.stderr" "$TG_EXPECTED_WARN"
 }
 
 nginx_round() {  # round
@@ -357,6 +362,7 @@ TG_EXPECTED_WARN='rejected the intercepted certificate for origin.test: (peer cl
 for round in $(seq 1 "$ROUNDS"); do
   tollgate_round "$round"
   nginx_round "$round"
+  tollgate_round "$round" tollgate-nolog tgnolog
 done
 while read -r l; do note "nginx error.log: ${l:0:300}"; done < <(grep -E '\[(error|crit|alert|emerg)\]' "$TMP/proxy/error.log" | head -2 || true)
 # The flow log, sorted: what is expected (one http_request with status 200 per request;
@@ -521,6 +527,7 @@ declare -A PROXY_LABEL=(
   [tollgate]="Tollgate (workers: 1, flow log on)"
   [nginx]="nginx $NGINX_VERSION (1 worker, re-encrypting, upstream keepalive 64)"
   [mitm]="mitmproxy ${MITM_VERSION:-} (mitmdump -q, transparent)"
+  [tgnolog]="Tollgate (workers: 1, flow log off; diagnostic)"
 )
 row() {  # proxy case round
   local p=$1 c=$2 r=$3 k="$1.$2.r$3"
@@ -549,18 +556,18 @@ TABLE=$(
   echo "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
   for c in "${CASES[@]}"; do
     for r in $(seq 1 "$ROUNDS"); do
-      for p in tollgate nginx; do row "$p" "$c" "$r"; done
+      for p in tollgate nginx tgnolog; do row "$p" "$c" "$r"; done
     done
     row mitm "$c" 1
   done
   echo
   echo "Medians over the $ROUNDS rounds of each round's ratio (mitmproxy measured once):"
   echo
-  echo "| Case | Tollgate / nginx, requests per CPU-s | its rounds | Tollgate / mitmproxy, requests per CPU-s | Aim vs nginx (issue 3) |"
-  echo "|---|---:|---|---:|---:|"
+  echo "| Case | Tollgate / nginx, requests per CPU-s | its rounds | Tollgate / mitmproxy, requests per CPU-s | Aim vs nginx (issue 3) | Diagnostic: flow log off / nginx |"
+  echo "|---|---:|---|---:|---:|---:|"
   for c in "${CASES[@]}"; do
     nginx_ratios=$(ratios_of tollgate nginx "$c")
-    echo "| ${CASE_TITLE[$c]} | **$(echo "$nginx_ratios" | median)** |$nginx_ratios | $(ratios_of tollgate mitm "$c" | median) | ${CASE_AIM[$c]} |"
+    echo "| ${CASE_TITLE[$c]} | **$(echo "$nginx_ratios" | median)** |$nginx_ratios | $(ratios_of tollgate mitm "$c" | median) | ${CASE_AIM[$c]} | $(ratios_of tgnolog nginx "$c" | median) |"
   done
   echo
   echo "Memory: $MEM_LINE"
@@ -590,7 +597,7 @@ if [ "$WRITE_DOCS" -eq 1 ]; then
     echo "- Tollgate: tree at $COMMIT, release binary built $BIN_DATE"
     echo "- Topology: \`worker\` — \`gateway\` — \`internet\`; the gateway's nftables redirect of the worker's tcp dport 443 to :$PORT; an nginx HTTPS origin (1 worker, access log off, certificate for \`$SNI\` from a throwaway \"Origin CA\", ECDSA P-256) on $ORIGIN_IP:443 in \`internet\` on CPU $ORIGIN_CPU; \`$SNI\` resolves to $ORIGIN_IP in \`worker\`. Each proxy runs alone in \`gateway\` on CPU $PROXY_CPU and verifies the origin against the Origin CA and the name \`$SNI\`."
     echo "- Proxies: **Tollgate** \`run\` with the transparent listener, \`workers: 1\`, its own CA (\`tollgate ca init\`), \`tls.upstream_ca\` = the Origin CA, flow log to a file. **nginx** \`listen $PORT ssl\` with a static \`$SNI\` certificate (ECDSA P-256, \"Bench Proxy CA\"), \`proxy_pass https://origin_up\` with \`proxy_ssl_verify on\`, \`proxy_ssl_name $SNI\`, \`proxy_ssl_server_name on\`, \`proxy_ssl_session_reuse on\`, upstream \`keepalive 64\`, \`proxy_http_version 1.1\`, 1 worker, access log off. **mitmproxy** \`mitmdump -q --mode transparent --listen-port $PORT --set confdir=… --set ssl_insecure=false --set ssl_verify_upstream_trusted_ca=<Origin CA>\` (from a venv; \`-q\`: no per-flow console output)."
-    echo "- Load: wrk from \`worker\` on CPU $LOAD_CPU (trusting nothing: wrk does not verify certificates; curl checks with each proxy's CA, and that trusting only the Origin CA fails, before the runs): \`wrk $(case_args ka1k "$CONNECTIONS") -d${DURATION}s\`; the same with \`-H 'Connection: close'\` (every request on a new TLS connection; wrk resumes its session, see TLS below); \`wrk $(case_args ka64k "$CONNECTIONS") -d${DURATION}s\`; each after a ${WARMUP}s warm-up; Tollgate (all three cases) then nginx (all three), repeated for $ROUNDS rounds, each proxy started fresh per round. mitmproxy is slow, so its runs are shorter and lighter: ${MITM_DURATION}s after a ${MITM_WARMUP}s warm-up, ${MITM_CONNECTIONS} connections (per-CPU-second figures stay comparable)."
+    echo "- Load: wrk from \`worker\` on CPU $LOAD_CPU (trusting nothing: wrk does not verify certificates; curl checks with each proxy's CA, and that trusting only the Origin CA fails, before the runs): \`wrk $(case_args ka1k "$CONNECTIONS") -d${DURATION}s\`; the same with \`-H 'Connection: close'\` (every request on a new TLS connection; wrk resumes its session, see TLS below); \`wrk $(case_args ka64k "$CONNECTIONS") -d${DURATION}s\`; each after a ${WARMUP}s warm-up; Tollgate (all three cases), nginx (all three), then Tollgate without a \`log\` section (diagnostic: what the flow record costs), repeated for $ROUNDS rounds, each proxy started fresh per round. mitmproxy is slow, so its runs are shorter and lighter: ${MITM_DURATION}s after a ${MITM_WARMUP}s warm-up, ${MITM_CONNECTIONS} connections (per-CPU-second figures stay comparable)."
     echo "- TLS: all three negotiate TLS 1.3 with the clients (nginx 1.22 offers only up to TLS 1.2 by default; the script sets \`ssl_protocols TLSv1.2 TLSv1.3\` on the nginx proxy and the origin, and \`proxy_ssl_protocols\` likewise). wrk keeps its TLS session across reconnects (it \`SSL_clear\`s and reuses the SSL object), so in the new-connection case every handshake is a resumption — in TLS 1.3 a PSK handshake that still does an ECDHE exchange; in TLS 1.2 an abbreviated handshake without one, about twice as cheap, which is why nginx with its TLS 1.2 default does about twice as many new connections per CPU-second. The session-resumption line below is \`openssl s_client -sess_out/-sess_in\` through each proxy."
     echo "- Proxy CPU-s: utime+stime from \`/proc/<pid>/stat\` of all the proxy's processes (all threads; nginx: master + worker) over the measured run. Requests per CPU-s = completed requests / proxy CPU-s, the figure to compare (it does not depend on whether wrk or the origin, which share CPU $LOAD_CPU, is the bottleneck). MiB/s = wrk's Transfer/sec. Upstream conns opened = connections the origin accepted during the measured run (its stub_status)."
     echo "- Memory: a fresh Tollgate; \`bench/idle_tls_clients.py\` in \`worker\` opens the connections (100 at a time), completes the handshake trusting the Tollgate CA, sends one keep-alive \`GET /1k\` on each and reads the response, then keeps them idle; per connection = (VmRSS with them open, 5 s after the last − VmRSS before) / connections."
