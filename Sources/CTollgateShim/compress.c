@@ -18,7 +18,7 @@ enum { HASH_BITS = 15, WINDOW = 32768, MIN_MATCH = 4, MAX_MATCH = 258 };
 
 typedef struct {
     unsigned char *out;
-    size_t at, cap;
+    size_t at;
     uint64_t bits;
     unsigned count;
 } bit_writer;
@@ -62,7 +62,7 @@ long tg_gzip(const void *in, size_t len, void *out, size_t cap) {
     }
     static const unsigned char header[10] = {0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 4, 0xff};
     memcpy(out, header, sizeof header);
-    bit_writer w = {.out = out, .at = sizeof header, .cap = cap};
+    bit_writer w = {.out = out, .at = sizeof header};
     put_bits(&w, 1 | (1 << 1), 3);  // BFINAL, BTYPE 01 (fixed Huffman)
 
     uint32_t head[1u << HASH_BITS];  // last position + 1 with this hash, 0 for none
