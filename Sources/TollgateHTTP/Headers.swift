@@ -89,27 +89,28 @@ public struct Headers: Sendable {
 
     /// True when a comma-separated list header of kind `known` contains `token` (case-insensitive).
     public func listContains(_ known: KnownHeader, token: String) -> Bool {
-        fields.contains { field in field.known == known && ListItems(value(field)).contains { asciiEqualIgnoringCase($0, token.utf8) } }
+        containsListItem(in: { $0 == known }) { asciiEqualIgnoringCase($0, token.utf8) }
     }
 
     /// True when a Connection (or Proxy-Connection) header lists something besides `close` and
     /// `keep-alive`, which is how a sender names further fields hop-by-hop.
     var connectionNamesFields: Bool {
-        fields.contains { field in
-            (field.known == .connection || field.known == .proxyConnection)
-                && ListItems(value(field)).contains { item in
-                    !item.isEmpty && !asciiEqualIgnoringCase(item, "close".utf8) && !asciiEqualIgnoringCase(item, "keep-alive".utf8)
-                }
+        containsListItem(in: Self.isConnection) { item in
+            !item.isEmpty && !asciiEqualIgnoringCase(item, "close".utf8) && !asciiEqualIgnoringCase(item, "keep-alive".utf8)
         }
     }
 
     /// True when the Connection (or Proxy-Connection) header names `name` as an extra hop-by-hop
     /// field (RFC 9110 §7.6.1).
     func isNamedByConnection(_ name: ArraySlice<UInt8>) -> Bool {
-        fields.contains { field in
-            (field.known == .connection || field.known == .proxyConnection)
-                && ListItems(value(field)).contains { asciiEqualIgnoringCase($0, name) }
-        }
+        containsListItem(in: Self.isConnection) { asciiEqualIgnoringCase($0, name) }
+    }
+
+    private static func isConnection(_ known: KnownHeader) -> Bool { known == .connection || known == .proxyConnection }
+
+    /// True when some item of a comma-separated field of a kind `isList` accepts satisfies `matches`.
+    private func containsListItem(in isList: (KnownHeader) -> Bool, where matches: (ArraySlice<UInt8>) -> Bool) -> Bool {
+        fields.contains { field in isList(field.known) && ListItems(value(field)).contains(where: matches) }
     }
 }
 
