@@ -66,30 +66,27 @@ public struct FramedRecords: Sendable {
 
     /// Computes the CRCs of entries appended since the last call.
     public mutating func seal() {
-        var offset = sealedBytes
-        bytes.withUnsafeMutableBytes { raw in
-            while offset < raw.count {
-                let length = Spool.bodyLength(UnsafeRawBufferPointer(raw), at: offset)
+        let start = sealedBytes
+        sealedBytes = bytes.withUnsafeMutableBytes { raw in
+            Spool.forEachEntry(in: UnsafeRawBufferPointer(raw), from: start) { offset, length in
                 let crc = tg_crc32c(raw.baseAddress! + offset + Spool.headerSize, length)
                 raw.storeBytes(of: crc.littleEndian, toByteOffset: offset + 8, as: UInt32.self)
-                offset += Spool.headerSize + length
+                return true
             }
         }
-        sealedBytes = offset
     }
 
     /// The leading entries that fit in `limit` bytes: their size and number.
     public func prefix(upToBytes limit: Int) -> (bytes: Int, records: Int) {
-        var offset = 0, records = 0
-        bytes.withUnsafeBytes { raw in
-            while offset < raw.count {
-                let size = Spool.headerSize + Spool.bodyLength(raw, at: offset)
-                if offset + size > limit { break }
-                offset += size
+        var records = 0
+        let end = bytes.withUnsafeBytes { raw in
+            Spool.forEachEntry(in: raw) { offset, length in
+                guard offset + Spool.headerSize + length <= limit else { return false }
                 records += 1
+                return true
             }
         }
-        return (offset, records)
+        return (end, records)
     }
 
     /// Drops the leading `records` entries (`bytes` long, as `prefix` measured them).
@@ -128,12 +125,10 @@ public struct SpoolBatch: Sendable {
     /// The entries of `framed` as a batch without a trip through the disk (benchmarks, tests).
     public init(framed: FramedRecords) {
         var bodies: [Range<Int>] = []
-        var offset = 0
-        framed.bytes.withUnsafeBytes { raw in
-            while offset < raw.count {
-                let length = Spool.bodyLength(raw, at: offset)
+        framed.bytes.withUnsafeBytes { raw -> Void in
+            Spool.forEachEntry(in: raw) { offset, length in
                 bodies.append((offset + Spool.headerSize)..<(offset + Spool.headerSize + length))
-                offset += Spool.headerSize + length
+                return true
             }
         }
         self.init(bytes: framed.bytes, bodies: bodies)
@@ -408,6 +403,21 @@ public final class Spool: Sendable {
         Int(UInt32(littleEndian: bytes.loadUnaligned(fromByteOffset: offset + 4, as: UInt32.self)))
     }
 
+    /// Walks entries this process framed (their headers are trusted) from `start`: `body` gets
+    /// each entry's offset and body length and returns false to stop there. Returns where the
+    /// walk ended: the end of `bytes`, or the offset of the entry `body` stopped at.
+    @discardableResult
+    static func forEachEntry(in bytes: UnsafeRawBufferPointer, from start: Int = 0,
+                             _ body: (_ offset: Int, _ bodyLength: Int) -> Bool) -> Int {
+        var offset = start
+        while offset < bytes.count {
+            let length = bodyLength(bytes, at: offset)
+            guard body(offset, length) else { break }
+            offset += headerSize + length
+        }
+        return offset
+    }
+
     /// The size of the valid entry at `offset`, or nil for a torn, corrupt or missing one.
     static func entrySize(_ bytes: UnsafeRawBufferPointer, at offset: Int) -> Int? {
         guard bytes.count - offset >= headerSize + 8 + RecordID.hexCount, bytes[offset] == magic else { return nil }
@@ -419,6 +429,7 @@ public final class Spool: Sendable {
         return headerSize + length
     }
 }
+
 
 /// Writes the first `count` bytes (all by default), resuming after short writes.
 func writeAll(_ fd: CInt, _ bytes: [UInt8], count: Int? = nil) throws(SystemError) {
