@@ -46,3 +46,13 @@ func syscall<T: BinaryInteger>(_ call: String = #function, _ body: () -> T) thro
         throw SystemError(call: call, errno: err)
     }
 }
+
+/// Writes the first `count` bytes of `bytes` (all by default) to `fd`, resuming after short
+/// writes (files: the spool, the flow log, dead letters).
+public func writeAll(_ fd: CInt, _ bytes: [UInt8], count: Int? = nil) throws(SystemError) {
+    let total = count ?? bytes.count
+    var offset = 0
+    while offset < total {
+        offset += try syscall("write") { bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress! + offset, total - offset) } }
+    }
+}

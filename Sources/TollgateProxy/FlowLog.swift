@@ -75,14 +75,15 @@ public final class FlowLog: Sendable {
             }
             file.rotateIfDayChanged()
             if !swapped.isEmpty {
-                if file.append(swapped) {
+                do {
+                    try file.append(swapped)
                     reportedError = false
                     state.withLock { $0.written += records }
-                } else {
+                } catch {
                     state.withLock { $0.dropped += records }
                     if !reportedError {
                         reportedError = true
-                        Log.error("flow log \(path): write failed (\(String(cString: strerror(errno)))); records are being lost")
+                        Log.error("flow log \(path): write failed (\(error)); records are being lost")
                     }
                 }
             }
@@ -116,18 +117,12 @@ private struct LogFile {
 
     static func today() -> Int { Int(wallClockMilliseconds() / 86_400_000) }
 
-    mutating func append(_ bytes: [UInt8]) -> Bool {
-        if fd < 0 { fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o640) }
-        guard fd >= 0 else { return false }
-        var offset = 0
-        return bytes.withUnsafeBytes { raw in
-            while offset < raw.count {
-                let n = write(fd, raw.baseAddress! + offset, raw.count - offset)
-                if n < 0 { if errno == EINTR { continue }; return false }
-                offset += n
-            }
-            return true
+    mutating func append(_ bytes: [UInt8]) throws(SystemError) {
+        if fd < 0 {
+            fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o640)
+            guard fd >= 0 else { throw SystemError(call: "open", errno: Errno(rawValue: errno)) }
         }
+        try writeAll(fd, bytes)
     }
 
     mutating func rotateIfDayChanged() {

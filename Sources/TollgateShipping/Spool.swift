@@ -430,17 +430,3 @@ public final class Spool: Sendable {
     }
 }
 
-
-/// Writes the first `count` bytes (all by default), resuming after short writes.
-func writeAll(_ fd: CInt, _ bytes: [UInt8], count: Int? = nil) throws(SystemError) {
-    let total = count ?? bytes.count
-    var offset = 0
-    while offset < total {
-        let n = bytes.withUnsafeBytes { write(fd, $0.baseAddress! + offset, total - offset) }
-        if n < 0 {
-            if errno == EINTR { continue }
-            throw SystemError(call: "write", errno: Errno(rawValue: errno))
-        }
-        offset += n
-    }
-}
