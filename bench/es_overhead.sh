@@ -151,7 +151,7 @@ fake_stat() {  # key -> value from GET /_fake/stats (empty if unreachable)
 }
 
 # run_config CONFIG NAME: Tollgate with $TMP/tollgate-CONFIG.yaml, warm-up + measured
-# run (files named NAME); sets the C_* globals of the measured run and leaves
+# run (files named NAME); leaves measure's R_* globals of the measured run and
 # Tollgate running in TG_PID.
 run_config() {
   local config=$1 name=$2
@@ -161,8 +161,6 @@ run_config() {
   measure "$name" "$WARMUP" "$DURATION" "$TG_PID" "${WRK_ARGS[@]}"
   others=$(printf '%s\n%s\n' "$others" "$(other_benches)" | sort -u | grep . | tr '\n' ' ' || true)
   [ -z "$others" ] || note "$name: another benchmark's namespaces existed around the measured run, figures are noisy: $others"
-  C_RPS=$R_RPS C_REQS=$R_REQS C_P99=$R_P99 C_CPU=$R_CPU C_PER_CPU=$R_PER_CPU
-  C_NON2XX=$R_NON2XX C_SOCKERR=$R_SOCKERR
   kill -0 "$TG_PID" 2>/dev/null || note "$name: Tollgate died during the run (see its stderr)"
   check_path || note "$name: after the run, a fetch through Tollgate failed or returned different bytes"
   wrk_notes "Tollgate ($name)" "$name"
@@ -196,11 +194,6 @@ tollgate_conf es "log:
     spool: $TMP/spool"
 ES_TICKS0=$(cpu_ticks "$ES_PID")
 
-# Per configuration and round: "rps per_cpu cpu p99 requests non2xx sockerr".
-declare -A RESULT
-keep_result() {  # config round
-  RESULT[$1,$2]="$C_RPS $C_PER_CPU $C_CPU $C_P99 $C_REQS $C_NON2XX $C_SOCKERR"
-}
 E_DOCS_TOTAL=0 E_SERVED_TOTAL=0 E_SHIPPED_TOTAL=0 E_QUEUED=0 E_RETRIED=0 E_DEAD=0 E_DROPPED=0 E_WRK_TOTAL=0
 es_metric() { metric_of "$TMP/metrics-es.txt" "$1" | grep . || echo 0; }
 
@@ -276,7 +269,6 @@ kill -TERM "$ES_PID" 2>/dev/null || true
 
 # ---------------------------------------------------------------------------
 # Report: a row per configuration and round; ratios to configuration 1 of the same round.
-field() { echo "${RESULT[$1,$2]}" | awk -v i="$3" '{print $i}'; }  # config round index
 pct() { awk -v r="$1" 'BEGIN { if (r ~ /^[0-9.]+$/) printf "%+.0f%%", (r - 1) * 100; else print "n/a" }'; }
 label_of() {
   case $1 in
@@ -288,13 +280,13 @@ label_of() {
 ROWS="" F_RPS_RATIOS="" F_CPU_RATIOS="" E_RPS_RATIOS="" E_CPU_RATIOS=""
 for round in $(seq 1 "$ROUNDS"); do
   for config in nosink file es; do
-    rps=$(field "$config" "$round" 1) per=$(field "$config" "$round" 2)
-    r_rps=$(ratio "$rps" "$(field nosink "$round" 1)") r_per=$(ratio "$per" "$(field nosink "$round" 2)")
+    rps=$(result_field "$config" "$round" 1) per=$(result_field "$config" "$round" 2)
+    r_rps=$(ratio "$rps" "$(result_field nosink "$round" 1)") r_per=$(ratio "$per" "$(result_field nosink "$round" 2)")
     case $config in
       file) F_RPS_RATIOS+=" $r_rps" F_CPU_RATIOS+=" $r_per" ;;
       es) E_RPS_RATIOS+=" $r_rps" E_CPU_RATIOS+=" $r_per" ;;
     esac
-    ROWS+="| $round | $(label_of "$config") | $(fmt_int "$rps") | $(field "$config" "$round" 4) ms | $(field "$config" "$round" 5) | $(field "$config" "$round" 3) | $per | $r_rps | $r_per | $(field "$config" "$round" 6) | $(field "$config" "$round" 7) |"$'\n'
+    ROWS+="| $round | $(label_of "$config") | $(fmt_int "$rps") | $(result_field "$config" "$round" 4) ms | $(result_field "$config" "$round" 5) | $(result_field "$config" "$round" 3) | $per | $r_rps | $r_per | $(result_field "$config" "$round" 6) | $(result_field "$config" "$round" 7) |"$'\n'
   done
 done
 E_RPS_MEDIAN=$(echo "$E_RPS_RATIOS" | median) E_CPU_MEDIAN=$(echo "$E_CPU_RATIOS" | median)

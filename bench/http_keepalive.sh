@@ -133,10 +133,7 @@ WRK_ARGS=(-t"$THREADS" -c"$CONNECTIONS" --latency "$URL")
 
 # ---------------------------------------------------------------------------
 # The cases, round after round: A Tollgate (flow log on), B nginx, C Tollgate with the
-# flow log off (a diagnostic: the aim is A's). Per case and round: "rps per_cpu cpu p99
-# requests non2xx sockerr upconn".
-declare -A RESULT
-keep_result() { RESULT[$1,$2]="$R_RPS $R_PER_CPU $R_CPU $R_P99 $R_REQS $R_NON2XX $R_SOCKERR $R_UPCONN"; }
+# flow log off (a diagnostic: the aim is A's); figures kept per case and round (keep_result).
 FLOWS=$TMP/tollgate-flows.ndjson
 
 # check_flow_log NAME: the case-A flow log of the run NAME against what wrk completed.
@@ -203,7 +200,6 @@ done
 
 # ---------------------------------------------------------------------------
 # Report: a row per case and round; each round's ratios; their medians.
-field() { echo "${RESULT[$1,$2]}" | awk -v i="$3" '{print $i}'; }  # case round index
 NGINX_VERSION=$(nginx -v 2>&1 | sed 's|.*nginx/||')
 ROWS="" RATIOS="" RPS_RATIOS="" NOLOG_RATIOS="" LOG_COSTS=""
 for round in $(seq 1 "$ROUNDS"); do
@@ -213,12 +209,12 @@ for round in $(seq 1 "$ROUNDS"); do
       nginx) label="nginx $NGINX_VERSION (1 worker, upstream keepalive 64)" ;;
       tollgate-nolog) label="Tollgate (workers: 1, flow log off; diagnostic)" ;;
     esac
-    ROWS+="| $round | $label | $(fmt_int "$(field "$c" "$round" 1)") | $(field "$c" "$round" 4) ms | $(field "$c" "$round" 5) | $(field "$c" "$round" 3) | $(field "$c" "$round" 2) | $(field "$c" "$round" 8) | $(field "$c" "$round" 6) | $(field "$c" "$round" 7) |"$'\n'
+    ROWS+="| $round | $label | $(fmt_int "$(result_field "$c" "$round" 1)") | $(result_field "$c" "$round" 4) ms | $(result_field "$c" "$round" 5) | $(result_field "$c" "$round" 3) | $(result_field "$c" "$round" 2) | $(result_field "$c" "$round" 8) | $(result_field "$c" "$round" 6) | $(result_field "$c" "$round" 7) |"$'\n'
   done
-  RATIOS+=" $(ratio "$(field tollgate "$round" 2)" "$(field nginx "$round" 2)")"
-  RPS_RATIOS+=" $(ratio "$(field tollgate "$round" 1)" "$(field nginx "$round" 1)")"
-  NOLOG_RATIOS+=" $(ratio "$(field tollgate-nolog "$round" 2)" "$(field nginx "$round" 2)")"
-  LOG_COSTS+=" $(ratio "$(field tollgate "$round" 2)" "$(field tollgate-nolog "$round" 2)")"
+  RATIOS+=" $(ratio "$(result_field tollgate "$round" 2)" "$(result_field nginx "$round" 2)")"
+  RPS_RATIOS+=" $(ratio "$(result_field tollgate "$round" 1)" "$(result_field nginx "$round" 1)")"
+  NOLOG_RATIOS+=" $(ratio "$(result_field tollgate-nolog "$round" 2)" "$(result_field nginx "$round" 2)")"
+  LOG_COSTS+=" $(ratio "$(result_field tollgate "$round" 2)" "$(result_field tollgate-nolog "$round" 2)")"
 done
 RATIO=$(echo "$RATIOS" | median) RPS_RATIO=$(echo "$RPS_RATIOS" | median)
 NOLOG_RATIO=$(echo "$NOLOG_RATIOS" | median) LOG_COST=$(echo "$LOG_COSTS" | median)

@@ -319,19 +319,28 @@ rss_kib() {  # pids... -> VmRSS summed, KiB
   echo "$total"
 }
 
-# bench_start_tollgate CONFIG STDERR LABEL: Tollgate with CONFIG in gateway on PROXY_CPU
-# (plain-HTTP benches: admin on 127.0.0.1:9901), ready once /healthz answers and the
+# bench_start_tollgate CONFIG STDERR LABEL [CHECK_PATH_ARGS...]: Tollgate with CONFIG in
+# gateway on PROXY_CPU (admin on 127.0.0.1:9901), ready once /healthz answers and the
 # script's check_path fetch through it returns the origin's bytes; sets TG_PID.
 bench_start_tollgate() {
   local config=$1 stderr=$2 label=$3
+  shift 3
   wait_port_free "$NS_G" "$PORT"
   wait_port_free "$NS_G" 9901
   log "$label: tollgate (workers: 1) in $NS_G on CPU $PROXY_CPU"
   start_in "$NS_G" "$PROXY_CPU" "$stderr" "$TOLLGATE_BIN" run --config "$config"
   TG_PID=$STARTED_PID
   wait_for 20 "tollgate /healthz ($label)" in_ns "$NS_G" curl -sf -m 2 -o /dev/null http://127.0.0.1:9901/healthz
-  wait_for 10 "a correct fetch through tollgate ($label)" check_path
+  wait_for 10 "a correct fetch through tollgate ($label)" check_path "$@"
 }
+
+# Figures per case and round, for the benches that run in rounds: keep_result KEY ROUND
+# keeps the measured run's (measure's R_* globals); result_field KEY ROUND N reads the Nth:
+# 1 requests/s, 2 requests per CPU-s, 3 proxy CPU-s, 4 p99, 5 requests, 6 non-2xx,
+# 7 socket errors, 8 upstream conns opened.
+declare -A RESULT
+keep_result() { RESULT[$1,$2]="$R_RPS $R_PER_CPU $R_CPU $R_P99 $R_REQS $R_NON2XX $R_SOCKERR $R_UPCONN"; }
+result_field() { echo "${RESULT[$1,$2]}" | awk -v i="$3" '{print $i}'; }
 
 # bench_stop_tollgate PID: SIGTERM, wait up to 10 s (then SIGKILL); notes a bad exit.
 bench_stop_tollgate() {

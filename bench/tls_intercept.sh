@@ -315,12 +315,7 @@ run_cases() {
 # rejection in the flow log).
 tollgate_round() {  # round [config key]: key tgnolog is the diagnostic run without the flow log
   local round=$1 config=${2:-tollgate} key=${3:-tollgate}
-  wait_port_free "$NS_G" "$PORT"
-  log "1. tollgate (workers: 1, intercepting, $config) in $NS_G on CPU $PROXY_CPU, round $round"
-  start_in "$NS_G" "$PROXY_CPU" "$TMP/$key-r$round.stderr" "$TOLLGATE_BIN" run --config "$TMP/$config.yaml"
-  TG_PID=$STARTED_PID
-  wait_for 20 "tollgate /healthz" in_ns "$NS_G" curl -sf -m 2 -o /dev/null http://127.0.0.1:9901/healthz
-  wait_for 10 "a correct fetch through tollgate" check_path "$TOLLGATE_CA"
+  bench_start_tollgate "$TMP/$config.yaml" "$TMP/$key-r$round.stderr" "1. $config, intercepting, round $round" "$TOLLGATE_CA"
   if [ "$round" -eq 1 ] && [ "$key" = tollgate ]; then
     check_intercepted Tollgate "$TOLLGATE_CA"
     TG_TLS="$TLS_SEEN; session resumption $RESUMPTION"
@@ -446,12 +441,8 @@ fi
 # Tollgate: resident memory per idle intercepted connection (a fresh process)
 MEM_LINE="not measured (--idle-conns 0)"
 if [ "$IDLE_CONNS" -gt 0 ]; then
-  wait_port_free "$NS_G" "$PORT"
-  log "tollgate: $IDLE_CONNS idle intercepted connections"
-  start_in "$NS_G" "$PROXY_CPU" "$TMP/tollgate-idle.stderr" "$TOLLGATE_BIN" run --config "$TMP/tollgate-idle.yaml"
-  TGI_PID=$STARTED_PID
-  wait_for 20 "tollgate /healthz" in_ns "$NS_G" curl -sf -m 2 -o /dev/null http://127.0.0.1:9901/healthz
-  wait_for 10 "a correct fetch through tollgate" check_path "$TOLLGATE_CA"
+  bench_start_tollgate "$TMP/tollgate-idle.yaml" "$TMP/tollgate-idle.stderr" "$IDLE_CONNS idle intercepted connections" "$TOLLGATE_CA"
+  TGI_PID=$TG_PID
   sleep 2
   RSS_BEFORE=$(rss_kib "$TGI_PID")
   rm -f "$TMP/idle.ready"
