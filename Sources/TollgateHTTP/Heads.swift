@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 /// How a message body is delimited on the wire.
 public enum BodyFraming: Equatable, Sendable {
     case none
@@ -53,19 +56,20 @@ public struct HeadScanner: Sendable {
     /// CRLF-only line endings as bytes arrive. `isRequest` selects 414 for an over-long first line.
     public mutating func scan(_ bytes: UnsafeRawBufferPointer, limits: HeadLimits, isRequest: Bool) throws(HTTPError) -> Int? {
         var i = scanned
-        while i < bytes.count {
-            if bytes[i] == 0x0A {
-                if i == 0 || bytes[i - 1] != 0x0D { throw .bareLineFeed }
-                if isRequest && lineStart == 0 && i - 1 > limits.requestLineBytes { throw .requestLineTooLong }
-                if i - lineStart == 1 && lineStart > 0 {
-                    reset()
-                    if i + 1 > limits.headerBytes { throw .headerBlockTooLarge }
-                    return i + 1
-                }
-                lineStart = i + 1
+        // memchr finds each line feed many bytes at a time; only line ends need a look.
+        while i < bytes.count, let found = memchr(bytes.baseAddress! + i, 0x0A, bytes.count - i) {
+            i = bytes.baseAddress!.distance(to: UnsafeRawPointer(found))
+            if i == 0 || bytes[i - 1] != 0x0D { throw .bareLineFeed }
+            if isRequest && lineStart == 0 && i - 1 > limits.requestLineBytes { throw .requestLineTooLong }
+            if i - lineStart == 1 && lineStart > 0 {
+                reset()
+                if i + 1 > limits.headerBytes { throw .headerBlockTooLarge }
+                return i + 1
             }
+            lineStart = i + 1
             i += 1
         }
+        i = bytes.count
         scanned = i
         if isRequest && lineStart == 0 && i > limits.requestLineBytes + 1 { throw .requestLineTooLong }
         if i > limits.headerBytes { throw .headerBlockTooLarge }
@@ -219,8 +223,9 @@ private struct Cursor {
 
     /// Index of the CR that ends the current line; a CR not followed by LF is refused.
     func lineEnd() throws(HTTPError) -> Int {
-        var i = position
-        while raw[i] != 0x0D { i += 1 }
+        // The scanner saw a CRLF ending the head, so a CR is always found.
+        let found = memchr(raw.baseAddress! + position, 0x0D, raw.count - position)!
+        let i = raw.baseAddress!.distance(to: UnsafeRawPointer(found))
         guard i + 1 < raw.count, raw[i + 1] == 0x0A else { throw .invalidHeaderValue }
         return i
     }
@@ -271,13 +276,18 @@ private struct Cursor {
             position += 1
             while position < end && (raw[position] == 0x20 || raw[position] == 0x09) { position += 1 }
             let valueStart = position
-            var valueEnd = position
+            // Eight bytes at a time while none is a control byte; a word holding one (a tab
+            // included) is checked byte by byte.
+            while position + 8 <= end && !hasControlByte(raw.loadUnaligned(fromByteOffset: position, as: UInt64.self)) {
+                position += 8
+            }
             while position < end {
                 let b = raw[position]
                 if b < 0x20 && b != 0x09 || b == 0x7F { throw .invalidHeaderValue }
                 position += 1
-                if b != 0x20 && b != 0x09 { valueEnd = position }
             }
+            var valueEnd = end
+            while valueEnd > valueStart && (raw[valueEnd - 1] == 0x20 || raw[valueEnd - 1] == 0x09) { valueEnd -= 1 }
             fields.append(HeaderField(
                 known: KnownHeader.classify(UnsafeRawBufferPointer(rebasing: raw[nameStart..<nameEnd])),
                 nameStart: Int32(nameStart), nameCount: Int32(nameEnd - nameStart),
@@ -288,14 +298,21 @@ private struct Cursor {
     }
 }
 
-private let tokenCharacters: [Bool] = (0..<256).map { byte in
-    switch UInt8(byte) {
-    case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "0")...UInt8(ascii: "9"):
-        return true
-    default:
-        return "!#$%&'*+-.^_`|~".utf8.contains(UInt8(byte))
-    }
+/// Whether any of the eight bytes is below 0x20 or is DEL (0x7F): exact, no false positives.
+@inline(__always)
+func hasControlByte(_ word: UInt64) -> Bool {
+    let ones: UInt64 = 0x0101_0101_0101_0101, highs: UInt64 = 0x8080_8080_8080_8080
+    let below20 = (word &- ones &* 0x20) & ~word & highs
+    let xorDEL = word ^ (ones &* 0x7F)
+    let isDEL = (xorDEL &- ones) & ~xorDEL & highs
+    return below20 | isDEL != 0
 }
 
+/// RFC 9110 tchar as a 128-bit set: a global table would be initialised lazily, and that check
+/// ran for every byte of every header name.
 @inline(__always)
-func isTokenChar(_ byte: UInt8) -> Bool { tokenCharacters[Int(byte)] }
+func isTokenChar(_ byte: UInt8) -> Bool {
+    let low: UInt64 = 0x03FF_6CFA_0000_0000   // ! # $ % & ' * + - . 0-9
+    let high: UInt64 = 0x57FF_FFFF_C7FF_FFFE  // A-Z ^ _ ` a-z | ~
+    return byte < 64 ? (low >> UInt64(byte)) & 1 == 1 : byte < 128 && (high >> UInt64(byte & 63)) & 1 == 1
+}

@@ -93,4 +93,27 @@ func rejection(_ text: String, limits: HeadLimits = HeadLimits()) -> HTTPError? 
         }
         #expect(found == text.count)
     }
+
+    @Test func headerNamesAcceptExactlyTheTokenCharacters() {
+        let tchar = Set("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ".utf8)
+        for byte in 0...255 { #expect(isTokenChar(UInt8(byte)) == tchar.contains(UInt8(byte)), "byte \(byte)") }
+    }
+
+    /// Values are checked eight bytes at a time: a control byte must be found at every offset
+    /// of every length, tabs and obs-text pass, and trailing blanks are trimmed.
+    @Test func headerValuesAreCheckedAtEveryPosition() throws {
+        for length in 1...20 {
+            for position in 0..<length {
+                for bad: UInt8 in [0x00, 0x01, 0x0B, 0x1F, 0x7F] {
+                    var value = Array(repeating: UInt8(ascii: "v"), count: length)
+                    value[position] = bad
+                    let head = Array("GET / HTTP/1.1\r\nHost: a\r\nX: ".utf8) + value + Array("\r\n\r\n".utf8)
+                    #expect(rejection(String(decoding: head, as: UTF8.self)) == .invalidHeaderValue, "length \(length) at \(position): \(bad)")
+                }
+            }
+            let value = String(repeating: "v\t\u{e9}", count: length) + String(repeating: " \t", count: length % 3)
+            let head = try #require(try parseRequest("GET / HTTP/1.1\r\nHost: a\r\nX: \(value)\r\n\r\n"))
+            #expect(head.headers.first(named: "x") == String(repeating: "v\t\u{e9}", count: length))
+        }
+    }
 }
