@@ -424,7 +424,7 @@ measure() {
   local wrk_ok=1 profiler=
   if [ -n "${BENCH_PERF:-}" ]; then  # a directory: profile the proxy during the measured run
     mkdir -p "$BENCH_PERF"
-    perf record -q -g -p "$(IFS=,; echo "${pids[*]}")" -o "$BENCH_PERF/$name.perf" -- sleep "$duration" >/dev/null 2>&1 &
+    perf record -q ${BENCH_PERF_OPTS:--g} -p "$(IFS=,; echo "${pids[*]}")" -o "$BENCH_PERF/$name.perf" -- sleep "$duration" >/dev/null 2>&1 &
     profiler=$!
   fi
   in_ns "$NS_W" taskset -c "$LOAD_CPU" wrk "$@" -d"${duration}s" >"$out" 2>&1 || wrk_ok=0
