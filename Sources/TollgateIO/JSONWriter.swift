@@ -124,8 +124,9 @@ public struct JSONWriter: ~Copyable {
     }
 
     public mutating func string(_ value: String) {
-        let done: Void? = value.utf8.withContiguousStorageIfAvailable { stringValue(UnsafeRawBufferPointer($0)) }
-        if done == nil { stringValue(bytes: Array(value.utf8)) }
+        openString()
+        appendEscaped(value)
+        closeString()
     }
 
     /// A string value from raw bytes, escaped as needed.
@@ -204,6 +205,18 @@ public struct JSONWriter: ~Copyable {
 
     public mutating func openString() { byte(UInt8(ascii: "\"")) }
     public mutating func closeString() { byte(UInt8(ascii: "\"")); needsComma = true }
+
+    /// Appends text that needs no escaping inside an open string.
+    public mutating func appendLiteral(_ text: StaticString) { raw(text) }
+
+    /// Appends `value` in decimal inside an open string.
+    public mutating func appendDecimal(_ value: Int) { decimal(value) }
+
+    /// Appends a String inside an open string, escaped.
+    public mutating func appendEscaped(_ value: String) {
+        var value = value
+        value.withUTF8 { appendEscaped(UnsafeRawBufferPointer($0)) }
+    }
 
     /// Appends `value` inside an open string, escaping what JSON requires. Eight bytes at a time
     /// while none needs escaping (nearly always), stored as words rather than through memmove:

@@ -68,7 +68,6 @@ extension ClientSession {
         var record = newRecord(action: .httpRequest, networkProtocol: "http")
         record.method = head.method
         record.httpVersion = head.minorVersion == 1 ? "1.1" : "1.0"
-        record.userAgent = head.headers.first(.userAgent)
 
         // Where to: the verified original destination (transparent), or the request's own target (explicit).
         let target: RequestTarget
@@ -94,19 +93,18 @@ extension ClientSession {
             return rejectHead(head, record, status: 400, type: "bad_request", message: message)
         }
         record.urlDomain = target.host
-        let authority = target.bracketedHost
         if head.isConnect {
-            record.urlFull = "\(authority):\(target.port)"
+            record.urlPort = target.port
         } else {
+            record.urlScheme = isIntercepted ? .https : .http
+            record.urlPort = target.port == (isIntercepted ? 443 : 80) ? nil : target.port
             // Secrets in query parameters never reach a record.
-            let question = target.path.firstIndex(of: "?")
-            let path = question.map { target.path[..<$0] } ?? target.path[...]
-            let query = question.map { Redaction.query(target.path[target.path.index(after: $0)...]) }
-            record.urlPath = String(path)
-            record.urlQuery = query
-            let scheme = isIntercepted ? "https" : "http"
-            let defaultPort: UInt16 = isIntercepted ? 443 : 80
-            record.urlFull = "\(scheme)://\(authority)\(target.port == defaultPort ? "" : ":\(target.port)")\(path)\(query.map { "?" + $0 } ?? "")"
+            if let question = target.path.utf8.firstIndex(of: UInt8(ascii: "?")) {
+                record.urlPath = String(target.path[..<question])
+                record.urlQuery = Redaction.query(target.path[target.path.index(after: question)...])
+            } else {
+                record.urlPath = target.path
+            }
         }
         record.requestHeaders = head.headers
         record.destinationDomain = target.host

@@ -23,8 +23,12 @@ public struct FlowRecord {
     /// Bytes the client sent / received over the whole flow (tunnels, relays).
     public var sourceBytes: Int?
     public var destinationBytes: Int?
-    public var urlFull: String?
+    /// The URL in parts; `url.full` is put together while encoding, not built per request.
+    /// `urlDomain` set means a URL is recorded. No scheme: a CONNECT target (`host:port`).
+    public var urlScheme: URLScheme?
     public var urlDomain: String?
+    /// Written into `url.full` when set: not the scheme's default port (always for CONNECT).
+    public var urlPort: UInt16?
     public var urlPath: String?
     /// Already redacted.
     public var urlQuery: String?
@@ -36,7 +40,6 @@ public struct FlowRecord {
     public var requestBodyBytes: Int?
     public var statusCode: Int?
     public var responseBodyBytes: Int?
-    public var userAgent: String?
     /// `http`, `websocket`, `tls`, `tcp`.
     public var networkProtocol: String
     public var agent: String
@@ -66,6 +69,10 @@ public struct FlowRecord {
         self.networkProtocol = networkProtocol
         self.agent = agent
         self.mode = mode
+    }
+
+    public enum URLScheme {
+        case http, https
     }
 
     /// Who wrote the record (ECS `observer`): the same in every record, so encoded once.
@@ -124,9 +131,10 @@ public struct FlowRecord {
         }
         out.key("observer")
         observer.encoded.withUnsafeBytes { out.rawJSON($0) }
-        if urlFull != nil {
+        if let urlDomain {
             out.beginObject("url")
-            out.field("full", urlFull)
+            out.key("full")
+            writeFullURL(domain: urlDomain, into: &out)
             out.field("domain", urlDomain)
             out.field("path", urlPath)
             out.field("query", urlQuery)
@@ -151,7 +159,13 @@ public struct FlowRecord {
             }
             out.endObject()
         }
-        if let userAgent { out.beginObject("user_agent"); out.field("original", userAgent); out.endObject() }
+        // `user_agent.original` straight from the request head: no String per request.
+        if let requestHeaders, let agentField = requestHeaders.fields.first(where: { $0.known == .userAgent }) {
+            out.beginObject("user_agent")
+            out.key("original")
+            requestHeaders.withUnsafeBytes { out.stringValue(UnsafeRawBufferPointer(rebasing: $0[agentField.valueRange])) }
+            out.endObject()
+        }
         out.beginObject("network")
         out.field("protocol", networkProtocol)
         out.field("transport", "tcp")
@@ -186,5 +200,29 @@ public struct FlowRecord {
         }
         out.endObject()
         out.newline()
+    }
+
+    /// `scheme://host[:port]path[?query]`, IPv6 literals in brackets; `host:port` for CONNECT.
+    private func writeFullURL(domain: String, into out: inout JSONWriter) {
+        out.openString()
+        switch urlScheme {
+        case .http: out.appendLiteral("http://")
+        case .https: out.appendLiteral("https://")
+        case nil: break
+        }
+        let bracketed = domain.utf8.contains(UInt8(ascii: ":"))
+        if bracketed { out.appendLiteral("[") }
+        out.appendEscaped(domain)
+        if bracketed { out.appendLiteral("]") }
+        if let urlPort {
+            out.appendLiteral(":")
+            out.appendDecimal(Int(urlPort))
+        }
+        if let urlPath { out.appendEscaped(urlPath) }
+        if let urlQuery {
+            out.appendLiteral("?")
+            out.appendEscaped(urlQuery)
+        }
+        out.closeString()
     }
 }

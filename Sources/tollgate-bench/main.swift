@@ -73,9 +73,10 @@ func benchRecords() {
     var record = FlowRecord(start: wallClockMilliseconds(), action: .httpRequest, source: SocketAddress(parsing: "10.99.0.2:40000")!,
                             networkProtocol: "http", agent: "worker-1", mode: "transparent")
     record.method = "GET"
-    record.urlFull = "https://api.example.com/v1/models?api_key=[redacted]"
+    record.urlScheme = .https
     record.urlDomain = "api.example.com"
     record.urlPath = "/v1/models"
+    record.urlQuery = "api_key=[redacted]"
     record.statusCode = 200
     record.requestBodyBytes = 0
     record.responseBodyBytes = 1024

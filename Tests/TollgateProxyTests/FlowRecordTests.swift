@@ -13,7 +13,9 @@ import TollgateShipping
         record.statusCode = 200
         record.responseBodyBytes = 1024
         record.requestBodyBytes = 0
-        record.urlFull = "http://203.0.113.10/1k"
+        record.urlScheme = .http
+        record.urlDomain = "203.0.113.10"
+        record.urlPath = "/1k"
         record.errorMessage = "quote \" and\nnewline"
         record.errorType = "x"
         var writer = JSONWriter()
@@ -23,11 +25,36 @@ import TollgateShipping
         #expect(line.hasPrefix("{\"@timestamp\":\"2025-11-24T16:00:00.123Z\",\"event\":{\"id\":\"0123456789abcdef0123456789abcdef\",\"kind\":\"event\",\"category\":[\"network\",\"web\"],\"type\":[\"access\"],\"action\":\"http_request\""))
         #expect(line.contains("\"observer\":{\"type\":\"proxy\",\"product\":\"tollgate\",\"vendor\":\"tollgate\",\"version\":\"0.1.0\",\"hostname\":\"gw\"}"))
         #expect(line.contains("\"source\":{\"ip\":\"10.99.0.2\",\"port\":40000}"))
+        #expect(line.contains("\"url\":{\"full\":\"http://203.0.113.10/1k\",\"domain\":\"203.0.113.10\",\"path\":\"/1k\"}"))
         #expect(line.contains("\"http\":{\"request\":{\"method\":\"GET\",\"body\":{\"bytes\":0}},\"response\":{\"status_code\":200,\"body\":{\"bytes\":1024}}}"))
         #expect(line.contains("\"tollgate\":{\"agent\":\"worker-1\",\"mode\":\"transparent\"}"))
         #expect(line.contains("\"message\":\"quote \\\" and\\nnewline\""))
         #expect(line.hasSuffix("}\n"))
         #expect(line.filter { $0 == "\n" }.count == 1)
+    }
+
+    /// `url.full` is put together from its parts while encoding.
+    @Test func writesTheFullURLFromItsParts() {
+        func full(_ scheme: FlowRecord.URLScheme?, _ domain: String, _ port: UInt16?, _ path: String?, _ query: String?) -> String {
+            var record = FlowRecord(start: 0, action: .httpRequest, source: SocketAddress(parsing: "10.99.0.2:40000")!,
+                                    networkProtocol: "http", agent: "a", mode: "explicit")
+            record.urlScheme = scheme
+            record.urlDomain = domain
+            record.urlPort = port
+            record.urlPath = path
+            record.urlQuery = query
+            var writer = JSONWriter()
+            record.encode(into: &writer, id: RecordID(prefix: 1, counter: 1), observer: FlowRecord.Observer(hostname: "gw", version: "0"),
+                          redaction: Redaction(extraHeaders: []))
+            let line = String(decoding: writer.bytes, as: UTF8.self)
+            guard let start = line.range(of: "\"full\":\"")?.upperBound, let end = line[start...].firstIndex(of: ",") else { return line }
+            return String(line[start..<line.index(before: end)])
+        }
+        #expect(full(.http, "example.com", nil, "/a", nil) == "http://example.com/a")
+        #expect(full(.https, "example.com", 8443, "/a", "k=[redacted]&b=1") == "https://example.com:8443/a?k=[redacted]&b=1")
+        #expect(full(.http, "2001:db8::1", 8080, "/", nil) == "http://[2001:db8::1]:8080/")
+        #expect(full(nil, "example.com", 443, nil, nil) == "example.com:443")
+        #expect(full(.http, "example.com", nil, "/\"q\"", nil) == "http://example.com/\\\"q\\\"")
     }
 
     @Test func civilDatesAreCorrect() {
@@ -71,5 +98,17 @@ import TollgateShipping
         Redaction(extraHeaders: ["X-Mine"]).write(head.headers, into: &writer)
         #expect(String(decoding: writer.bytes, as: UTF8.self)
                 == "{\"host\":\"a\",\"authorization\":\"[redacted]\",\"x-custom\":\"1, 2\",\"x-cusxom\":\"9\",\"x-mine\":\"[redacted]\"}")
+    }
+
+    @Test func userAgentComesFromTheRequestHead() throws {
+        let bytes = Array("GET / HTTP/1.1\r\nHost: a\r\nUser-Agent: curl/8.1 \"x\"\r\n\r\n".utf8)
+        var record = FlowRecord(start: 0, action: .httpRequest, source: SocketAddress(parsing: "10.99.0.2:40000")!,
+                                networkProtocol: "http", agent: "a", mode: "explicit")
+        record.method = "GET"
+        record.requestHeaders = try bytes.withUnsafeBytes { raw in try HeadParser.parseRequest(raw, length: raw.count, limits: HeadLimits()) }.headers
+        var writer = JSONWriter()
+        record.encode(into: &writer, id: RecordID(prefix: 1, counter: 1), observer: FlowRecord.Observer(hostname: "gw", version: "0"),
+                      redaction: Redaction(extraHeaders: []))
+        #expect(String(decoding: writer.bytes, as: UTF8.self).contains("\"user_agent\":{\"original\":\"curl/8.1 \\\"x\\\"\"}"))
     }
 }
