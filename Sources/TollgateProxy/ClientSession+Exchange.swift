@@ -273,7 +273,7 @@ extension ClientSession {
             record.destinationPort = originalDestination?.port
             record.errorType = type
             record.errorMessage = message
-            worker.record(record)
+            worker.record(&record)
             tunnel = nil
             return close()
         }
@@ -444,7 +444,7 @@ extension ClientSession {
         guard let exchange else { return }
         self.exchange = nil
         finishRecord(&exchange.record, exchange)
-        worker.record(exchange.record)
+        worker.record(&exchange.record)
         if let upstream, let key = poolKey {
             if !exchange.upstreamReused, let tls = upstream.transport as? TLSTransport {
                 settings.tls?.storeSession(from: tls, cacheKey: "\(key)")
@@ -489,7 +489,7 @@ extension ClientSession {
             record.errorMessage = message
         }
         finishRecord(&record)
-        worker.record(record)
+        worker.record(&record)
         exchange = nil
         var body = JSONWriter(capacity: 128)
         body.beginObject()

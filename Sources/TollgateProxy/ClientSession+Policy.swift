@@ -64,7 +64,7 @@ extension ClientSession {
             record.destinationIP = destination.ip
             record.destinationPort = destination.port
             apply(decision, to: &record)
-            worker.record(record)
+            worker.record(&record)
             return close()
         }
         startRawRelay(networkProtocol: "tcp", decision: decision)

@@ -66,7 +66,7 @@ extension ClientSession {
         record.destinationIP = originalDestination?.ip
         record.destinationPort = originalDestination?.port
         apply(decision, to: &record)
-        worker.record(record)
+        worker.record(&record)
         close()
     }
 
@@ -131,7 +131,7 @@ extension ClientSession {
         record.errorType = "client_rejected_certificate"
         let host = tlsInfo?.serverName ?? originalDestination?.ip.description ?? "?"
         record.errorMessage = "the client refused Tollgate's certificate for \(host): \(error)"
-        worker.record(record)
+        worker.record(&record)
         Log.warning("agent \(agent) (\(source.ip)) rejected the intercepted certificate for \(host): \(error)")
         // Only a certificate alert proves the client refuses our certificate: a bare close is
         // as often a client going away (a timeout, a load generator stopping), and learning
@@ -154,7 +154,7 @@ extension ClientSession {
         record.tlsEstablished = false
         record.errorType = type
         record.errorMessage = message
-        worker.record(record)
+        worker.record(&record)
         close()
     }
 }

@@ -50,7 +50,7 @@ extension ClientSession {
         exchange.record.statusCode = 200
         client.outbound.append("HTTP/1.1 200 Connection Established\r\nVia: 1.1 tollgate\r\n\r\n" as StaticString)
         finishRecord(&exchange.record, exchange)
-        worker.record(exchange.record)
+        worker.record(&exchange.record)
         self.exchange = nil
         originalDestination = upstreamDestination
         preconnected = upstream
@@ -64,7 +64,7 @@ extension ClientSession {
     func switchToUpgradedTunnel() -> Bool {
         guard let exchange else { return false }
         finishRecord(&exchange.record, exchange)
-        worker.record(exchange.record)
+        worker.record(&exchange.record)
         self.exchange = nil
         var record = exchange.record
         record.action = .tunnel
@@ -126,7 +126,7 @@ extension ClientSession {
             state.record.errorType = error.type
             state.record.errorMessage = error.message
         }
-        worker.record(state.record)
+        worker.record(&state.record)
         close()
     }
 }

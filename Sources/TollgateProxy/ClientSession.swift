@@ -86,7 +86,7 @@ final class ClientSession: ConnectionDelegate, TimerTarget {
         record.destinationPort = destination?.port
         record.errorType = "loop_detected"
         record.errorMessage = "connection addressed to Tollgate itself; refused"
-        worker.record(record)
+        worker.record(&record)
         close()
     }
 
@@ -337,7 +337,7 @@ final class ClientSession: ConnectionDelegate, TimerTarget {
             record.errorType = reason
             record.errorMessage = message
             finishRecord(&record)
-            worker.record(record)
+            worker.record(&record)
             exchange = nil
         }
         if tunnel != nil { finishTunnel(error: (reason, message)); return }

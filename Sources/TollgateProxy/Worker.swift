@@ -103,8 +103,9 @@ final class Worker: TimerTarget, @unchecked Sendable {  // confined to `loop`'s 
         if draining && sessions.isEmpty { finishDrain() }
     }
 
-    /// Writes a flow record to the log pipeline.
-    func record(_ record: FlowRecord) {
+    /// Writes a flow record to the log pipeline. `inout` only so that a record held by an
+    /// exchange is read in place: passing it by value copied it, retaining every field.
+    func record(_ record: inout FlowRecord) {
         switch record.action {
         case .httpRequest: counters.increment(.requests)
         case .tlsFailed: counters.increment(.tlsFailed)
