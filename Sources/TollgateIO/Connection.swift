@@ -21,7 +21,9 @@ extension ConnectionDelegate {
 /// backpressure is applied: a side stops reading while the other side's outbound queue is full.
 public final class Connection: EventHandler, TimerTarget {
     public let socket: Socket
-    public unowned let loop: EventLoop
+    /// `unowned(unsafe)`: the loop outlives everything on it, and a checked `unowned` load is an
+    /// atomic operation on every use.
+    public unowned(unsafe) let loop: EventLoop
     public let inbound = ByteBuffer()
     public let outbound = ByteBuffer()
     /// Strong while registered; cleared when the connection closes, which breaks the cycle.

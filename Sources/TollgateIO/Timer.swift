@@ -5,23 +5,35 @@ public protocol TimerTarget: AnyObject {
 
 /// A re-armable deadline owned by a connection. A timer sits in its loop's heap at most once,
 /// so re-arming it on every request moves one entry instead of piling up stale ones.
+///
+/// The timer holds its target strongly while armed and not at all otherwise: a target that
+/// goes away with its timer armed is kept until the deadline (its callback must then be
+/// harmless), never called after it is freed. Not `weak`: a weak reference gives the target
+/// a side table, which sends every retain and release of it — sessions and connections, many
+/// times per request — down the runtime's slow path.
 public final class Timer {
-    private unowned let loop: EventLoop
-    private weak var target: TimerTarget?
+    // The loop outlives everything registered on it; `unowned(unsafe)` skips the atomic
+    // check a plain `unowned` load costs on every arm.
+    private unowned(unsafe) let loop: EventLoop
+    private unowned(unsafe) let owner: TimerTarget
+    /// `owner`, held while armed.
+    private var armedTarget: TimerTarget?
     /// When the target wants to be called; `UInt64.max` means disarmed.
     public private(set) var deadline: UInt64 = .max
     /// Position in the loop's heap, or -1.
     var heapIndex = -1
 
+    /// `target` must hold the timer (or outlive it): the timer keeps it only while armed.
     public init(loop: EventLoop, target: TimerTarget) {
         self.loop = loop
-        self.target = target
+        owner = target
     }
 
     /// Arms the timer to fire `nanoseconds` from the loop's current time.
     public func arm(after nanoseconds: UInt64) { arm(at: loop.now &+ nanoseconds) }
 
     public func arm(at deadline: UInt64) {
+        if armedTarget == nil { armedTarget = owner }
         self.deadline = deadline
         loop.timers.schedule(self)
     }
@@ -29,12 +41,15 @@ public final class Timer {
     public func cancel() {
         deadline = .max
         loop.timers.remove(self)
+        armedTarget = nil
     }
 
     public var isArmed: Bool { deadline != .max }
 
     func fire() {
         deadline = .max
+        let target = armedTarget
+        armedTarget = nil
         target?.timerFired(self)
     }
 }

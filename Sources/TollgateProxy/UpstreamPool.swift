@@ -101,7 +101,8 @@ private final class IdleList {
 private final class PooledConnection: ConnectionDelegate, TimerTarget {
     var connection: Connection?
     var destination: PoolKey?
-    unowned let pool: UpstreamPool
+    /// The pool (its worker's, alive as long as the loop) outlives its watchers.
+    unowned(unsafe) let pool: UpstreamPool
     private(set) var timer: Timer!
 
     init(pool: UpstreamPool, loop: EventLoop) {
