@@ -192,7 +192,7 @@ tollgate_conf es "log:
   elasticsearch:
     url: [\"http://127.0.0.1:$ES_PORT\"]
     spool: $TMP/spool"
-ES_TICKS0=$(cpu_ticks "$ES_PID")
+ES_TICKS0=$(cpu_ticks "$ES_PID"); ES_TICKS0=${ES_TICKS0% *}
 
 E_DOCS_TOTAL=0 E_SERVED_TOTAL=0 E_SHIPPED_TOTAL=0 E_QUEUED=0 E_RETRIED=0 E_DEAD=0 E_DROPPED=0 E_WRK_TOTAL=0
 es_metric() { metric_of "$TMP/metrics-es.txt" "$1" | grep . || echo 0; }
@@ -260,7 +260,7 @@ for round in $(seq 1 "$ROUNDS"); do
   fi
 done
 E_BULKS=$(fake_stat bulk_requests)
-ES_CPU_S=$(awk -v t=$(( $(cpu_ticks "$ES_PID") - ES_TICKS0 )) -v hz="$CLK_TCK" 'BEGIN {printf "%.2f", t / hz}')
+ES_TICKS1=$(cpu_ticks "$ES_PID"); ES_CPU_S=$(awk -v t=$(( ${ES_TICKS1% *} - ES_TICKS0 )) -v hz="$CLK_TCK" 'BEGIN {printf "%.2f", t / hz}')
 log "es: the fake stored $E_DOCS_TOTAL documents in ${E_BULKS:-?} bulk requests over $ROUNDS rounds; Tollgate served $E_SERVED_TOTAL" \
     "HTTP requests (wrk completed $E_WRK_TOTAL), shipped $E_SHIPPED_TOTAL, left queued $E_QUEUED, retried $E_RETRIED," \
     "dead-lettered $E_DEAD, dropped $E_DROPPED; fake_es used $ES_CPU_S CPU-s"

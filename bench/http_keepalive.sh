@@ -209,7 +209,7 @@ for round in $(seq 1 "$ROUNDS"); do
       nginx) label="nginx $NGINX_VERSION (1 worker, upstream keepalive 64)" ;;
       tollgate-nolog) label="Tollgate (workers: 1, flow log off; diagnostic)" ;;
     esac
-    ROWS+="| $round | $label | $(fmt_int "$(result_field "$c" "$round" 1)") | $(result_field "$c" "$round" 4) ms | $(result_field "$c" "$round" 5) | $(result_field "$c" "$round" 3) | $(result_field "$c" "$round" 2) | $(result_field "$c" "$round" 8) | $(result_field "$c" "$round" 6) | $(result_field "$c" "$round" 7) |"$'\n'
+    ROWS+="| $round | $label | $(fmt_int "$(result_field "$c" "$round" 1)") | $(result_field "$c" "$round" 4) ms | $(result_field "$c" "$round" 5) | $(result_field "$c" "$round" 3) | $(result_field "$c" "$round" 2) | $(result_field "$c" "$round" 9) | $(result_field "$c" "$round" 8) | $(result_field "$c" "$round" 6) | $(result_field "$c" "$round" 7) |"$'\n'
   done
   RATIOS+=" $(ratio "$(result_field tollgate "$round" 2)" "$(result_field nginx "$round" 2)")"
   RPS_RATIOS+=" $(ratio "$(result_field tollgate "$round" 1)" "$(result_field nginx "$round" 1)")"
@@ -220,8 +220,8 @@ RATIO=$(echo "$RATIOS" | median) RPS_RATIO=$(echo "$RPS_RATIOS" | median)
 NOLOG_RATIO=$(echo "$NOLOG_RATIOS" | median) LOG_COST=$(echo "$LOG_COSTS" | median)
 
 TABLE=$(cat <<EOF
-| Round | Proxy (1 CPU) | Requests/s | p99 latency | Requests | Proxy CPU-s | Requests per CPU-s | Upstream conns opened | Non-2xx/3xx | Socket errors |
-|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|
+| Round | Proxy (1 CPU) | Requests/s | p99 latency | Requests | Proxy CPU-s | Requests per CPU-s | User CPU µs per request | Upstream conns opened | Non-2xx/3xx | Socket errors |
+|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|
 ${ROWS%$'\n'}
 
 **Tollgate / nginx, requests per CPU-second: $RATIO** (median of the rounds:$RATIOS; requests/s: $RPS_RATIO)
@@ -250,7 +250,7 @@ if [ "$WRITE_DOCS" -eq 1 ]; then
     echo "- Order: in each of $ROUNDS rounds, Tollgate with its flow log (the aim's case), nginx, then Tollgate without a \`log\` section (no record encoded), each started fresh; the ratios are medians of the per-round ratios."
     echo "- Load: \`wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s --latency $URL\` from \`worker\` on CPU $LOAD_CPU, after a ${WARMUP}s warm-up;" \
          "origin nginx (1 worker, access log off) in \`internet\` on CPU $ORIGIN_CPU; the proxy in \`gateway\` on CPU $PROXY_CPU behind the nftables redirect of tcp dport 80 to :$PORT."
-    echo "- Proxy CPU-s: utime+stime from \`/proc/<pid>/stat\` over the measured run (all threads; nginx: master + worker). Requests per CPU-s = completed requests / proxy CPU-s. Upstream conns opened = connections the origin accepted during the measured run (its stub_status)."
+    echo "- Proxy CPU-s: utime+stime from \`/proc/<pid>/stat\` over the measured run (all threads; nginx: master + worker). Requests per CPU-s = completed requests / proxy CPU-s. User CPU µs per request = utime alone / requests: the proxy's own code, without the kernel's network work. Upstream conns opened = connections the origin accepted during the measured run (its stub_status)."
     echo
     echo "$TABLE"
     if [ "${#NOTES[@]}" -gt 0 ]; then

@@ -298,16 +298,17 @@ proc_tree() {  # pid -> the pid and all its descendants
   for child in $(pgrep -P "$pid" 2>/dev/null); do proc_tree "$child"; done
 }
 
-cpu_ticks() {  # pids... -> utime+stime summed (all threads), in clock ticks
-  local total=0 pid stat
+cpu_ticks() {  # pids... -> "utime+stime utime" summed (all threads), in clock ticks
+  local total=0 user=0 pid stat
   local -a f
   for pid in "$@"; do
     stat=$(cat "/proc/$pid/stat" 2>/dev/null) || continue
     stat=${stat##*) }
     read -r -a f <<<"$stat"
     total=$((total + f[11] + f[12]))   # fields 14 and 15 of stat(5)
+    user=$((user + f[11]))
   done
-  echo "$total"
+  echo "$total $user"
 }
 
 rss_kib() {  # pids... -> VmRSS summed, KiB
@@ -337,9 +338,9 @@ bench_start_tollgate() {
 # Figures per case and round, for the benches that run in rounds: keep_result KEY ROUND
 # keeps the measured run's (measure's R_* globals); result_field KEY ROUND N reads the Nth:
 # 1 requests/s, 2 requests per CPU-s, 3 proxy CPU-s, 4 p99, 5 requests, 6 non-2xx,
-# 7 socket errors, 8 upstream conns opened.
+# 7 socket errors, 8 upstream conns opened, 9 user CPU µs per request (utime only).
 declare -A RESULT
-keep_result() { RESULT[$1,$2]="$R_RPS $R_PER_CPU $R_CPU $R_P99 $R_REQS $R_NON2XX $R_SOCKERR $R_UPCONN"; }
+keep_result() { RESULT[$1,$2]="$R_RPS $R_PER_CPU $R_CPU $R_P99 $R_REQS $R_NON2XX $R_SOCKERR $R_UPCONN $R_USER_US"; }
 result_field() { echo "${RESULT[$1,$2]}" | awk -v i="$3" '{print $i}'; }
 
 # bench_stop_tollgate PID: SIGTERM, wait up to 10 s (then SIGKILL); notes a bad exit.
@@ -443,13 +444,15 @@ measure() {
   if [ -n "$acc_before" ] && [ -n "$acc_after" ]; then R_UPCONN=$((acc_after - acc_before - 1)); else R_UPCONN="n/a"; fi
   sed 's/^/    /' "$out" >&2
   parse_wrk "$out" || return 1
-  R_CPU=$(awk -v t=$((after - before)) -v hz="$CLK_TCK" 'BEGIN {printf "%.2f", t / hz}')
+  R_CPU=$(awk -v t=$((${after% *} - ${before% *})) -v hz="$CLK_TCK" 'BEGIN {printf "%.2f", t / hz}')
+  # The proxy's own code (user time) per request: kernel networking is most of the rest.
+  R_USER_US=$(awk -v t=$((${after#* } - ${before#* })) -v hz="$CLK_TCK" -v r="$R_REQS" 'BEGIN {printf "%.2f", t / hz / r * 1e6}')
   R_PER_CPU=$(awk -v r="$R_REQS" -v c="$R_CPU" 'BEGIN { if (c > 0) printf "%.0f", r / c; else print "n/a" }')
   # Everything the proxy's CPU did meanwhile (the proxy, softirq network work that ran
   # outside it, anything else scheduled there), and who used the most CPU.
   R_CPU_BUSY=$(awk -v t=$((busy_after - busy_before)) -v hz="$CLK_TCK" 'BEGIN {printf "%.2f", t / hz}')
   R_TOP=$(top_consumers "$TMP/procs-$name.before" "$TMP/procs-$name.after")
-  log "$name: proxy ${R_CPU} CPU-s; CPU $PROXY_CPU busy ${R_CPU_BUSY} s; top: $R_TOP"
+  log "$name: proxy ${R_CPU} CPU-s (user ${R_USER_US} µs per request); CPU $PROXY_CPU busy ${R_CPU_BUSY} s; top: $R_TOP"
   if awk -v b="$R_CPU_BUSY" -v p="$R_CPU" -v d="$duration" 'BEGIN { exit !(b - p > 0.05 * d) }'; then
     note "$name: CPU $PROXY_CPU was shared: busy ${R_CPU_BUSY} s, the proxy ${R_CPU} CPU-s (requests/s understated; top: $R_TOP)"
   fi
