@@ -27,31 +27,39 @@ struct RequestTarget: Equatable {
     /// the UTF-8 bytes: every request's Host passes here, and Character-level String operations
     /// (grapheme breaking) cost more than the whole parse should.
     static func parseAuthority(_ authority: String, defaultPort: UInt16?) -> (String, UInt16)? {
-        var host = authority.utf8[...]
-        guard !host.isEmpty, !host.contains(UInt8(ascii: "@")) else { return nil }
-        var port = defaultPort
-        if host.first == UInt8(ascii: "[") {
-            guard let close = host.firstIndex(of: UInt8(ascii: "]")) else { return nil }
-            let after = host[host.index(after: close)...]
-            if after.first == UInt8(ascii: ":") { port = decimalPort(after.dropFirst()) } else if !after.isEmpty { return nil }
-            host = host[host.index(after: host.startIndex)..<close]
-        } else if let colon = host.lastIndex(of: UInt8(ascii: ":")) {
-            port = decimalPort(host[host.index(after: colon)...])
-            host = host[..<colon]
+        // Integer offsets into a buffer: Substring.UTF8View indexing cost more than the parse.
+        var authority = authority
+        return authority.withUTF8 { bytes -> (String, UInt16)? in
+            guard !bytes.isEmpty, !bytes.contains(UInt8(ascii: "@")) else { return nil }
+            var start = 0, end = bytes.count
+            var port = defaultPort
+            if bytes[0] == UInt8(ascii: "[") {
+                guard let close = bytes.firstIndex(of: UInt8(ascii: "]")) else { return nil }
+                if close + 1 < end {
+                    guard bytes[close + 1] == UInt8(ascii: ":") else { return nil }
+                    port = decimalPort(UnsafeBufferPointer(rebasing: bytes[(close + 2)...]))
+                }
+                start = 1
+                end = close
+            } else if let colon = bytes.lastIndex(of: UInt8(ascii: ":")) {
+                port = decimalPort(UnsafeBufferPointer(rebasing: bytes[(colon + 1)...]))
+                end = colon
+            }
+            guard let port, port > 0, start < end else { return nil }
+            let host = UnsafeBufferPointer(rebasing: bytes[start..<end])
+            var hasUpper = false
+            for b in host {
+                hasUpper = hasUpper || (b >= 0x41 && b <= 0x5A)
+                let valid = (b >= 0x30 && b <= 0x39) || (b | 0x20 >= 0x61 && b | 0x20 <= 0x7A) || b == 0x2D || b == 0x2E || b == 0x3A || b == 0x5F
+                guard valid else { return nil }
+            }
+            let text = String(decoding: host, as: UTF8.self)
+            return (hasUpper ? text.lowercased() : text, port)
         }
-        guard let port, port > 0, !host.isEmpty else { return nil }
-        var hasUpper = false
-        let valid = host.allSatisfy { b in
-            hasUpper = hasUpper || (b >= 0x41 && b <= 0x5A)
-            return (b >= 0x30 && b <= 0x39) || (b | 0x20 >= 0x61 && b | 0x20 <= 0x7A) || b == 0x2D || b == 0x2E || b == 0x3A || b == 0x5F
-        }
-        guard valid else { return nil }
-        let text = String(Substring(host))
-        return (hasUpper ? text.lowercased() : text, port)
     }
 
     /// 1 to 5 decimal digits up to 65535, nothing else.
-    private static func decimalPort(_ digits: Substring.UTF8View) -> UInt16? {
+    private static func decimalPort(_ digits: UnsafeBufferPointer<UInt8>) -> UInt16? {
         guard !digits.isEmpty, digits.count <= 5 else { return nil }
         var value = 0
         for d in digits {

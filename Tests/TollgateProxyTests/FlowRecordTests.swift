@@ -71,6 +71,12 @@ import TollgateShipping
         #expect(RequestTarget.parseAbsolute("http://user@a.b/") == nil)
         #expect(RequestTarget.parseAuthority("a.b:443", defaultPort: nil)! == ("a.b", 443))
         #expect(RequestTarget.parseAuthority("a.b", defaultPort: nil) == nil)
+        #expect(RequestTarget.parseAuthority("A.b", defaultPort: 80)! == ("a.b", 80))
+        #expect(RequestTarget.parseAuthority("[2001:DB8::1]:8080", defaultPort: nil)! == ("2001:db8::1", 8080))
+        #expect(RequestTarget.parseAuthority("[::1]", defaultPort: 443)! == ("::1", 443))
+        for bad in ["[::1]x", "[::1", "a.b:", "a.b:65536", "a.b:0", ":80", "a b:80", "u@a.b:80", "a.b:8x", ""] {
+            #expect(RequestTarget.parseAuthority(bad, defaultPort: 80) == nil, "\(bad)")
+        }
     }
 
     @Test func sniffsProtocols() {
