@@ -11,12 +11,17 @@ public final class ByteBuffer {
     public private(set) var capacity = 0
     private var readerIndex = 0
     private var writerIndex = 0
+    /// Where released storage goes and fresh storage comes from, when set.
+    private let blocks: BlockCache?
 
-    public init(capacity: Int = 0) {
+    /// `blocks`: the loop's cache, for a buffer released whenever it empties (a keep-alive
+    /// connection's inbound, every request) — malloc and free of 64 KiB each time otherwise.
+    public init(capacity: Int = 0, blocks: BlockCache? = nil) {
+        self.blocks = blocks
         if capacity > 0 { grow(to: capacity) }
     }
 
-    deinit { free(storage) }
+    deinit { giveBack() }
 
     public var readableBytes: Int { writerIndex - readerIndex }
     public var isEmpty: Bool { writerIndex == readerIndex }
@@ -47,9 +52,14 @@ public final class ByteBuffer {
     /// Frees the storage when nothing is buffered, so idle connections hold no buffer memory.
     public func releaseIfEmpty() {
         guard isEmpty, storage != nil else { return }
-        free(storage)
+        giveBack()
         storage = nil
         capacity = 0
+    }
+
+    private func giveBack() {
+        guard let storage else { return }
+        if blocks?.keep(storage, capacity: capacity) != true { free(storage) }
     }
 
     public func append(_ bytes: UnsafeRawBufferPointer) {
@@ -118,6 +128,11 @@ public final class ByteBuffer {
     }
 
     private func grow(to newCapacity: Int) {
+        if storage == nil, let (block, blockCapacity) = blocks?.take(minimum: newCapacity) {
+            storage = block
+            capacity = blockCapacity
+            return
+        }
         let live = readableBytes
         let fresh = malloc(newCapacity)!
         if live > 0 { fresh.copyMemory(from: storage! + readerIndex, byteCount: live) }
@@ -153,3 +168,33 @@ public final class ByteBuffer {
 }
 
 import CTollgateShim
+
+/// Storage blocks of released buffers, kept for the next buffer that needs one: one per loop
+/// (loop-confined), bounded in count and block size so idle memory stays small.
+public final class BlockCache {
+    private var blocks: [(pointer: UnsafeMutableRawPointer, capacity: Int)] = []
+    private let maxBlocks: Int
+    private let maxCapacity: Int
+
+    public init(maxBlocks: Int = 16, maxCapacity: Int = 64 * 1024) {
+        self.maxBlocks = maxBlocks
+        self.maxCapacity = maxCapacity
+        blocks.reserveCapacity(maxBlocks)
+    }
+
+    deinit { for block in blocks { free(block.pointer) } }
+
+    /// Keeps `pointer` (false: the caller frees it).
+    func keep(_ pointer: UnsafeMutableRawPointer, capacity: Int) -> Bool {
+        guard blocks.count < maxBlocks, capacity <= maxCapacity else { return false }
+        blocks.append((pointer, capacity))
+        return true
+    }
+
+    /// The most recently kept block of at least `minimum` bytes (the warmest in cache).
+    func take(minimum: Int) -> (UnsafeMutableRawPointer, Int)? {
+        guard let index = blocks.lastIndex(where: { $0.capacity >= minimum }) else { return nil }
+        let block = blocks.remove(at: index)
+        return (block.pointer, block.capacity)
+    }
+}

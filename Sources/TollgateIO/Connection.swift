@@ -24,7 +24,7 @@ public final class Connection: EventHandler, TimerTarget {
     /// `unowned(unsafe)`: the loop outlives everything on it, and a checked `unowned` load is an
     /// atomic operation on every use.
     public unowned(unsafe) let loop: EventLoop
-    public let inbound = ByteBuffer()
+    public let inbound: ByteBuffer
     public let outbound = ByteBuffer()
     /// Strong while registered; cleared when the connection closes, which breaks the cycle.
     public var delegate: ConnectionDelegate?
@@ -57,6 +57,7 @@ public final class Connection: EventHandler, TimerTarget {
         self.socket = socket
         self.loop = loop
         self.isConnecting = connecting
+        inbound = ByteBuffer(blocks: loop.blocks)
     }
 
     /// Adds the socket to the loop; on failure the socket is closed.

@@ -51,6 +51,8 @@ public final class EventLoop: @unchecked Sendable {  // loop-confined state; `ta
     private var freeSlots: [UInt32] = []
     /// Armed timers; loop-confined like everything else here.
     var timers = TimerHeap()
+    /// Storage of emptied connection buffers, reused by the next connection that reads.
+    public let blocks = BlockCache()
     private let tasks = Mutex<[@Sendable () -> Void]>([])
     private let stopping = Atomic<Bool>(false)
     /// Monotonic nanoseconds, refreshed once per loop iteration.
