@@ -3,6 +3,17 @@ import TollgateIO
 import TollgatePolicy
 import TollgateTLS
 
+/// An upstream connection held by a session between its client's requests.
+struct KeptUpstream {
+    let connection: Connection
+    let key: PoolKey
+    /// When its last exchange finished (loop nanoseconds).
+    let since: UInt64
+
+    /// Nothing unread and not closed: it can carry the next request.
+    var isClean: Bool { !connection.isClosed && !connection.peerClosed && connection.inbound.isEmpty }
+}
+
 /// The state of one HTTP request/response exchange: a class, so the session mutates it in
 /// place instead of copying its heads and record on every step.
 final class Exchange {
@@ -187,6 +198,46 @@ extension ClientSession {
         return PoolKey(address: upstreamDestination, tlsServerName: isIntercepted ? (tlsInfo?.serverName ?? "") : nil)
     }
 
+    // MARK: The kept upstream
+
+    /// Keeps the upstream of a finished exchange for this client's next request: a keep-alive
+    /// client nearly always goes to the same place again, and parking the connection in the
+    /// pool and taking it back cost more per request than parsing the request. It stays
+    /// readable, so a server that closes it or sends anything gets it dropped at once.
+    private func keep(_ connection: Connection, key: PoolKey) {
+        kept = KeptUpstream(connection: connection, key: key, since: worker.loop.now)
+        connection.wantsRead = true
+    }
+
+    /// The kept upstream if it goes to `key` and is still clean and fresh; otherwise it goes to
+    /// the pool (or is closed) and nil is returned.
+    private func takeKeptUpstream(for key: PoolKey) -> Connection? {
+        guard let kept else { return nil }
+        if kept.key == key && isReusable(kept) {
+            self.kept = nil
+            return kept.connection
+        }
+        releaseKeptUpstream()
+        return nil
+    }
+
+    /// Parks the kept upstream in the pool, where other clients can use it (closing it when it
+    /// can no longer carry a request, or while draining).
+    func releaseKeptUpstream() {
+        guard let kept else { return }
+        self.kept = nil
+        if isReusable(kept) && !draining {
+            worker.pool.put(kept.connection, destination: kept.key, loop: worker.loop)
+        } else {
+            kept.connection.close()
+        }
+    }
+
+    /// Clean, and idle for less than `upstream_idle` (as long as the pool would have kept it).
+    private func isReusable(_ kept: KeptUpstream) -> Bool {
+        kept.isClean && worker.loop.now - kept.since < settings.timeouts.upstreamIdle
+    }
+
     /// Takes a pooled connection to `destination` or dials a new one (TLS when the agent's was
     /// intercepted), then queues the request.
     func attachUpstream(_ destination: SocketAddress) {
@@ -197,10 +248,10 @@ extension ClientSession {
         if settings.ownAddresses.contains(destination) {
             return respondError(status: 508, type: "loop_detected", message: "\(destination) is Tollgate itself")
         }
-        if !exchange.request.isConnect, let key = poolKey, let pooled = worker.pool.take(key) {
+        if !exchange.request.isConnect, let key = poolKey, let reused = takeKeptUpstream(for: key) ?? worker.pool.take(key) {
             exchange.upstreamReused = true
-            upstream = pooled
-            pooled.delegate = self
+            upstream = reused
+            reused.delegate = self
             upstreamConnected()
             return
         }
@@ -452,7 +503,13 @@ extension ClientSession {
             let reusable = exchange.requestComplete && exchange.response?.keepAlive == true
                 && exchange.response?.framing != .untilClose && !upstream.peerClosed && upstream.inbound.isEmpty
                 && !draining
-            if reusable { worker.pool.put(upstream, destination: key, loop: worker.loop) } else { upstream.close() }
+            if !reusable {
+                upstream.close()
+            } else if exchange.closeClientAfter {
+                worker.pool.put(upstream, destination: key, loop: worker.loop)
+            } else {
+                keep(upstream, key: key)
+            }
         }
         upstream = nil
         if exchange.closeClientAfter || !exchange.requestComplete || draining {

@@ -25,6 +25,8 @@ final class ClientSession: ConnectionDelegate, TimerTarget {
     var originalDestination: SocketAddress?
     var phase: Phase = .readingHead
     var upstream: Connection?
+    /// The previous exchange's upstream, between this client's requests.
+    var kept: KeptUpstream?
     var upstreamDestination: SocketAddress?
     /// A CONNECT target already dialled, waiting for the sniffed protocol to decide its use.
     var preconnected: Connection?
@@ -124,6 +126,12 @@ final class ClientSession: ConnectionDelegate, TimerTarget {
     // MARK: Connection events
 
     func connectionReadable(_ connection: Connection) {
+        if connection === kept?.connection {
+            // Data or a close from a server with no request outstanding: it cannot be reused.
+            kept = nil
+            connection.close()
+            return
+        }
         if connection === client {
             clientReadable()
         } else if connection === preconnected {
@@ -174,6 +182,7 @@ final class ClientSession: ConnectionDelegate, TimerTarget {
             return
         }
         if connection === preconnected { preconnected = nil; return }
+        if connection === kept?.connection { kept = nil; return }
         guard connection === upstream else { return }
         upstream = nil
         if phase == .tunnel { finishTunnel(error: ("upstream_reset", "\(error)")); return }
@@ -353,6 +362,7 @@ final class ClientSession: ConnectionDelegate, TimerTarget {
         timer.cancel()
         upstream?.close()
         upstream = nil
+        releaseKeptUpstream()
         preconnected?.close()
         preconnected = nil
         client.closeGracefully()

@@ -19,6 +19,8 @@ Endpoints (GET unless noted; HEAD works for every GET endpoint):
     /chunked/N       N deterministic bytes, chunked encoding, varying chunk sizes
     /slow/N          N bytes trickled: ?chunk=BYTES (1024) every ?ms=MS (50)
     /close[/N]       no Content-Length, body (default 1024 bytes) ends at close
+    /idle-close/N    N bytes with Content-Length and keep-alive, then the connection is
+                     closed 0.2 s later without a word (a server's keep-alive timeout)
     /upload          any method; reads the body (Content-Length or chunked),
                      replies JSON {"bytes": n, "sha256": hex}
     /echo-headers    JSON {"method", "target", "version", "headers": [[k, v]...]}
@@ -422,6 +424,10 @@ class Origin:
             if not head_only:
                 for piece in iter_pattern(n):
                     conn.send(piece)
+            return False
+        elif parts and parts[0] == "idle-close" and arg is not None:
+            self._respond(conn, cid, seq, 200, pattern(0, arg), close=False, head_only=head_only)
+            time.sleep(0.2)
             return False
         elif path == "/upload":
             body = json.dumps({"bytes": body_bytes, "sha256": hasher.hexdigest()}).encode()

@@ -124,6 +124,46 @@ def test_keep_alive_reuses_one_upstream_connection(testbed, origin, tollgate, ma
         [json.dumps(f.get("tollgate")) for f in flows]
 
 
+KEEP_ALIVE_CLIENT = """
+import http.client, sys, time
+conn = http.client.HTTPConnection(sys.argv[1], 80, timeout=10)
+for i, path in enumerate(sys.argv[2:]):
+    if i: time.sleep(0.6)
+    conn.request("GET", path)
+    resp = conn.getresponse()
+    body = resp.read()
+    print(resp.status, len(body), conn.sock.getsockname()[1], flush=True)
+"""
+
+
+def test_a_kept_upstream_the_server_closed_is_replaced(testbed, origin, tollgate, marker):
+    # The upstream stays with its client between requests; the origin hangs up on it while
+    # the client is idle, and the client's next request must get a fresh one, not an error.
+    res = testbed.run_in(testbed.worker, ["python3", "-c", KEEP_ALIVE_CLIENT, ORIGIN_IP,
+                                          f"/idle-close/100?{marker}-0", f"/1k?{marker}-1"], timeout=30)
+    lines = [line.split() for line in res.stdout.splitlines()]
+    assert res.returncode == 0 and [l[:2] for l in lines] == [["200", "100"], ["200", "1024"]], (res.stdout, res.stderr)
+    assert lines[0][2] == lines[1][2], "the client should have kept its connection"
+    seen = origin.wait_requests(marker, count=2)
+    assert len({r["conn"] for r in seen}) == 2, f"the closed upstream was used again: {seen}"
+
+
+def test_an_upstream_outlives_its_client_in_the_pool(testbed, origin, tollgates, marker):
+    # Two clients one after the other: the first one's upstream, kept while it was connected,
+    # goes to the pool when it leaves, and the second client's request reuses it (the pool
+    # hands out the most recently parked connection first). One worker: pools are per loop.
+    tollgate = tollgates.get({"workers": 1})
+    ports = []
+    for i in range(2):
+        res = testbed.run_in(testbed.worker, ["python3", "-c", KEEP_ALIVE_CLIENT, ORIGIN_IP, f"/1k?{marker}-{i}"],
+                             timeout=30)
+        assert res.returncode == 0 and res.stdout.split()[:2] == ["200", "1024"], (res.stdout, res.stderr)
+        ports.append(int(res.stdout.split()[2]))
+    seen = origin.wait_requests(marker, count=2)
+    assert len({r["conn"] for r in seen}) == 1, f"upstream connections used: {seen}"
+    assert field(flows_from(tollgate, ports[1])[0], "tollgate.upstream_reused") is True
+
+
 def test_pipelined_requests_are_answered_in_order(testbed, origin, tollgate, marker):
     sizes = [111, 22222, 3333]
     burst = (request("GET", f"/bytes/{sizes[0]}?{marker}-0", ORIGIN_IP)
