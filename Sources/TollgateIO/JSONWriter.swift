@@ -14,6 +14,10 @@ public struct JSONWriter: ~Copyable {
     @usableFromInline var written = 0
     public var count: Int { written }
     @usableFromInline var needsComma = false
+    /// The last timestamp's second and its `"YYYY-MM-DDTHH:MM:SS.` (21 bytes, in 24): records
+    /// come thousands per second, so the date and time are formatted once a second.
+    private var timestampSecond: Int64 = -1
+    private var timestampPrefix: (UInt64, UInt64, UInt64) = (0, 0, 0)
 
     public init(capacity: Int = 1024) {
         self.capacity = max(capacity, 64)
@@ -36,7 +40,7 @@ public struct JSONWriter: ~Copyable {
 
     @inlinable public mutating func beginObject() { separator(); byte(UInt8(ascii: "{")); needsComma = false }
     /// `"name":{` — pair with `endObject()`.
-    @inlinable public mutating func beginObject(_ name: StaticString) { key(name); byte(UInt8(ascii: "{")); needsComma = false }
+    @inlinable @inline(__always) public mutating func beginObject(_ name: StaticString) { key(name); byte(UInt8(ascii: "{")); needsComma = false }
     @inlinable public mutating func endObject() { byte(UInt8(ascii: "}")); needsComma = true }
     public mutating func newline() { byte(0x0A); needsComma = false }
 
@@ -162,17 +166,29 @@ public struct JSONWriter: ~Copyable {
 
     /// An ISO 8601 UTC timestamp with milliseconds, from Unix milliseconds.
     public mutating func timestamp(milliseconds: Int64) {
-        let days = Int(milliseconds / 86_400_000)
-        let msOfDay = Int(milliseconds % 86_400_000)
-        let (year, month, day) = civilDate(daysSinceEpoch: days)
-        reserve(26)
-        byte(UInt8(ascii: "\""))
-        padded(UInt(clamping: year), 4); byte(UInt8(ascii: "-")); padded(UInt(clamping: month), 2); byte(UInt8(ascii: "-")); padded(UInt(clamping: day), 2)
-        byte(UInt8(ascii: "T"))
-        padded(UInt(clamping: msOfDay / 3_600_000), 2); byte(UInt8(ascii: ":"))
-        padded(UInt(clamping: msOfDay / 60_000 % 60), 2); byte(UInt8(ascii: ":"))
-        padded(UInt(clamping: msOfDay / 1000 % 60), 2); byte(UInt8(ascii: "."))
-        padded(UInt(clamping: msOfDay % 1000), 3)
+        reserve(32)
+        let second = milliseconds >= 0 ? milliseconds / 1000 : (milliseconds - 999) / 1000
+        if second != timestampSecond {
+            let start = written
+            let days = Int(milliseconds / 86_400_000)
+            let msOfDay = Int(milliseconds % 86_400_000)
+            let (year, month, day) = civilDate(daysSinceEpoch: days)
+            byte(UInt8(ascii: "\""))
+            padded(UInt(clamping: year), 4); byte(UInt8(ascii: "-")); padded(UInt(clamping: month), 2); byte(UInt8(ascii: "-")); padded(UInt(clamping: day), 2)
+            byte(UInt8(ascii: "T"))
+            padded(UInt(clamping: msOfDay / 3_600_000), 2); byte(UInt8(ascii: ":"))
+            padded(UInt(clamping: msOfDay / 60_000 % 60), 2); byte(UInt8(ascii: ":"))
+            padded(UInt(clamping: msOfDay / 1000 % 60), 2); byte(UInt8(ascii: "."))
+            // Only years 0...9999 have this fixed width; others are never cached.
+            if written - start == 21 {
+                timestampSecond = second
+                withUnsafeMutableBytes(of: &timestampPrefix) { $0.copyMemory(from: UnsafeRawBufferPointer(start: storage + start, count: 24)) }
+            }
+        } else {
+            withUnsafeBytes(of: timestampPrefix) { (UnsafeMutableRawPointer(storage) + written).copyMemory(from: $0.baseAddress!, byteCount: 24) }
+            written += 21
+        }
+        padded(UInt(clamping: Int(milliseconds - second * 1000)), 3)
         byte(UInt8(ascii: "Z")); byte(UInt8(ascii: "\""))
         needsComma = true
     }

@@ -52,4 +52,22 @@ import TollgateIO
         #expect(String(decoding: out.bytes, as: UTF8.self) ==
                 #"{"@timestamp":"2025-11-24T16:00:00.123Z","n":{"min":-9223372036854775808,"zero":0,"yes":true,"ip":"203.0.113.10"},"dyn\"amic":"x"}"#)
     }
+
+    /// Timestamps reuse the formatted date and time within a second: a writer that has seen
+    /// earlier timestamps must write exactly what a fresh one does.
+    @Test func timestampsWithinAndAcrossSecondsMatchFreshFormatting() {
+        var shared = JSONWriter()
+        let start: Int64 = 1_767_225_599_000  // 2025-12-31T23:59:59.000Z
+        let steps: [Int64] = [0, 1, 998, 999, 1000, 1001, 1999, 2000, 3_600_000, 86_400_000, 86_400_999, 0, 5]
+        for step in steps {
+            shared.reset()
+            shared.timestamp(milliseconds: start + step)
+            var fresh = JSONWriter()
+            fresh.timestamp(milliseconds: start + step)
+            #expect(shared.bytes == fresh.bytes, "at +\(step) ms")
+        }
+        shared.reset()
+        shared.timestamp(milliseconds: start + 1001)
+        #expect(String(decoding: shared.bytes, as: UTF8.self) == "\"2026-01-01T00:00:00.001Z\"")
+    }
 }
