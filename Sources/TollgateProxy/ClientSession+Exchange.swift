@@ -76,15 +76,23 @@ extension ClientSession {
 
     private func beginExchange(_ head: RequestHead) {
         exchangeCount += 1
-        var record = newRecord(action: .httpRequest, networkProtocol: "http")
-        record.method = head.method
-        record.httpVersion = head.minorVersion == 1 ? "1.1" : "1.0"
+        // The exchange is made first and its record filled in place: a FlowRecord is large,
+        // and each copy of one retained every field.
+        let exchange = Exchange(
+            request: head, record: newRecord(action: .httpRequest, networkProtocol: "http"),
+            target: RequestTarget(host: "", port: 0, path: ""),
+            requestDecoder: BodyDecoder(framing: head.framing), requestChunked: head.framing == .chunked,
+            requestComplete: head.framing == .none || head.framing == .length(0) || head.isConnect,
+            closeClientAfter: !head.keepAlive || draining, startNanoseconds: worker.loop.now)
+        self.exchange = exchange
+        exchange.record.method = head.method
+        exchange.record.httpVersion = head.minorVersion == 1 ? "1.1" : "1.0"
 
         // Where to: the verified original destination (transparent), or the request's own target (explicit).
         let target: RequestTarget
         if head.isConnect {
             guard kind == .explicit, let (host, port) = RequestTarget.parseAuthority(head.target, defaultPort: nil) else {
-                return rejectHead(head, record, status: 400, type: "bad_request", message: "CONNECT needs host:port and the explicit listener")
+                return rejectHead(exchange, status: 400, type: "bad_request", message: "CONNECT needs host:port and the explicit listener")
             }
             target = RequestTarget(host: host, port: port, path: "")
         } else if let absolute = RequestTarget.parseAbsolute(head.target) {
@@ -93,7 +101,7 @@ extension ClientSession {
             let hostHeader = head.headers.first(.host).flatMap { RequestTarget.parseAuthority($0, defaultPort: destination.port) }
             // Decide on the verified name (SNI), never on the Host header alone.
             if let serverName = tlsInfo?.serverName, let host = hostHeader?.0, host != serverName {
-                return rejectHead(head, record, status: 421, type: "misdirected_request",
+                return rejectHead(exchange, status: 421, type: "misdirected_request",
                                   message: "Host '\(host)' does not match the TLS server name '\(serverName)'")
             }
             target = RequestTarget(host: hostHeader?.0 ?? tlsInfo?.serverName ?? destination.ip.description,
@@ -101,37 +109,33 @@ extension ClientSession {
         } else {
             let message = kind == .explicit ? "the explicit proxy needs an absolute-form target (http://host/path) or CONNECT"
                                             : "request target must be origin-form"
-            return rejectHead(head, record, status: 400, type: "bad_request", message: message)
+            return rejectHead(exchange, status: 400, type: "bad_request", message: message)
         }
-        record.urlDomain = target.host
+        exchange.target = target
+        exchange.record.urlDomain = target.host
         if head.isConnect {
-            record.urlPort = target.port
+            exchange.record.urlPort = target.port
         } else {
-            record.urlScheme = isIntercepted ? .https : .http
-            record.urlPort = target.port == (isIntercepted ? 443 : 80) ? nil : target.port
+            exchange.record.urlScheme = isIntercepted ? .https : .http
+            exchange.record.urlPort = target.port == (isIntercepted ? 443 : 80) ? nil : target.port
             // Secrets in query parameters never reach a record.
             if let question = target.path.utf8.firstIndex(of: UInt8(ascii: "?")) {
-                record.urlPath = String(target.path[..<question])
-                record.urlQuery = Redaction.query(target.path[target.path.index(after: question)...])
+                exchange.record.urlPath = String(target.path[..<question])
+                exchange.record.urlQuery = Redaction.query(target.path[target.path.index(after: question)...])
             } else {
-                record.urlPath = target.path
+                exchange.record.urlPath = target.path
             }
         }
-        record.requestHeaders = head.headers
-        record.destinationDomain = target.host
-        if head.isConnect { record.action = .tunnel; record.networkProtocol = "tcp" }
+        exchange.record.requestHeaders = head.headers
+        exchange.record.destinationDomain = target.host
+        if head.isConnect { exchange.record.action = .tunnel; exchange.record.networkProtocol = "tcp" }
 
         if settings.limits.bodyBytes > 0, case .length(let n) = head.framing, n > settings.limits.bodyBytes {
-            return rejectHead(head, record, status: 413, type: "body_too_large",
+            return rejectHead(exchange, status: 413, type: "body_too_large",
                               message: "request body of \(n) bytes exceeds the limit of \(settings.limits.bodyBytes)")
         }
-        exchange = Exchange(
-            request: head, record: record, target: target,
-            requestDecoder: BodyDecoder(framing: head.framing), requestChunked: head.framing == .chunked,
-            requestComplete: head.framing == .none || head.framing == .length(0) || head.isConnect,
-            closeClientAfter: !head.keepAlive || draining, startNanoseconds: worker.loop.now)
         if head.upgrade == nil && !head.isConnect {
-            timer.arm(after: exchange?.requestComplete == true ? settings.timeouts.response : settings.timeouts.idle)
+            timer.arm(after: exchange.requestComplete ? settings.timeouts.response : settings.timeouts.idle)
         }
 
         if let destination = originalDestination, !head.isConnect {
@@ -167,10 +171,12 @@ extension ClientSession {
         }
     }
 
-    private func rejectHead(_ head: RequestHead, _ record: FlowRecord, status: Int, type: String, message: String) {
-        exchange = Exchange(request: head, record: record, target: RequestTarget(host: "", port: 0, path: ""),
-                            requestDecoder: BodyDecoder(framing: .none), requestChunked: false, requestComplete: true,
-                            closeClientAfter: true, startNanoseconds: worker.loop.now)
+    /// Answers a request refused on its head alone; its body (if any) is never read.
+    private func rejectHead(_ exchange: Exchange, status: Int, type: String, message: String) {
+        exchange.requestDecoder = BodyDecoder(framing: .none)
+        exchange.requestChunked = false
+        exchange.requestComplete = true
+        exchange.closeClientAfter = true
         respondError(status: status, type: type, message: message)
     }
 
