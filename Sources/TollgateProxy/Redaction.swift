@@ -9,14 +9,16 @@ public struct Redaction: Sendable {
     /// Substrings that make a query parameter secret (matched case-insensitively).
     private static let secretParameterParts = ["token", "key", "secret", "password", "passwd", "auth", "signature", "sig",
                                                "credential", "session"]
-    /// Lower-case names of headers whose values are never recorded.
-    private let secretHeaderBytes: [[UInt8]]
+    /// Names of headers whose values are never recorded, as compared: length, then the first
+    /// eight bytes folded to lower case as one word, then every byte.
+    private let secretHeaders: [(count: Int, prefix: UInt64, name: [UInt8])]
     /// Bit n set when some secret name is n bytes long: most headers are ruled out by length alone.
     private let secretLengths: UInt64
 
     public init(extraHeaders: [String]) {
-        secretHeaderBytes = Array(Set(Self.builtInHeaders + extraHeaders.map { $0.lowercased() })).map { Array($0.utf8) }
-        secretLengths = secretHeaderBytes.reduce(0) { $0 | Self.lengthBit($1.count) }
+        let names = Set(Self.builtInHeaders + extraHeaders.map { $0.lowercased() }).map { Array($0.utf8) }
+        secretHeaders = names.map { name in (name.count, name.withUnsafeBytes { Self.foldedPrefix($0) }, name) }
+        secretLengths = names.reduce(0) { $0 | Self.lengthBit($1.count) }
     }
 
     /// The query with the values of secret-looking parameters replaced.
@@ -75,7 +77,18 @@ public struct Redaction: Sendable {
 
     private func isSecret(_ name: UnsafeRawBufferPointer) -> Bool {
         guard secretLengths & Self.lengthBit(name.count) != 0 else { return false }
-        return secretHeaderBytes.contains { secret in secret.withUnsafeBytes { sameName($0, name) } }
+        let prefix = Self.foldedPrefix(name)
+        for secret in secretHeaders where secret.count == name.count && secret.prefix == prefix {
+            if secret.name.withUnsafeBytes({ sameName($0, name) }) { return true }
+        }
+        return false
+    }
+
+    /// Up to the first eight bytes, each with bit 0x20 set (the case folding `sameName` uses).
+    private static func foldedPrefix(_ name: UnsafeRawBufferPointer) -> UInt64 {
+        var word: UInt64 = 0
+        for index in 0..<min(8, name.count) { word |= UInt64(name[index] | 0x20) << (8 * UInt64(index)) }
+        return word
     }
 
     private func sameName(_ a: UnsafeRawBufferPointer, _ b: UnsafeRawBufferPointer) -> Bool {
