@@ -342,11 +342,21 @@ public struct JSONWriter: ~Copyable {
         unsignedDecimal(UInt(value))
     }
 
+    /// Digits are produced last to first into a scratch word triple, then copied: one pass of
+    /// divisions instead of counting the digits first.
     private mutating func unsignedDecimal(_ value: UInt) {
-        var width = 1
-        var rest = value
-        while rest >= 10 { rest /= 10; width += 1 }
-        padded(value, width)
+        reserve(20)
+        var scratch: (UInt64, UInt64, UInt32) = (0, 0, 0)
+        written += withUnsafeMutableBytes(of: &scratch) { digits -> Int in
+            var rest = value, index = 20
+            repeat {
+                index -= 1
+                digits[index] = 0x30 &+ UInt8(truncatingIfNeeded: rest % 10)
+                rest /= 10
+            } while rest != 0
+            (UnsafeMutableRawPointer(storage) + written).copyMemory(from: digits.baseAddress! + index, byteCount: 20 - index)
+            return 20 - index
+        }
     }
 
     /// `value` in exactly `width` decimal digits (leading zeros).

@@ -10,14 +10,14 @@ public struct Redaction: Sendable {
     private static let secretParameterParts = ["token", "key", "secret", "password", "passwd", "auth", "signature", "sig",
                                                "credential", "session"]
     /// Names of headers whose values are never recorded, as compared: length, then the first
-    /// eight bytes folded to lower case as one word, then every byte.
-    private let secretHeaders: [(count: Int, prefix: UInt64, name: [UInt8])]
+    /// four bytes folded to lower case as one word, then every byte.
+    private let secretHeaders: [(count: Int, prefix: UInt32, name: [UInt8])]
     /// Bit n set when some secret name is n bytes long: most headers are ruled out by length alone.
     private let secretLengths: UInt64
 
     public init(extraHeaders: [String]) {
         let names = Set(Self.builtInHeaders + extraHeaders.map { $0.lowercased() }).map { Array($0.utf8) }
-        secretHeaders = names.map { name in (name.count, name.withUnsafeBytes { Self.foldedPrefix($0) }, name) }
+        secretHeaders = names.map { name in (name.count, name.count >= 4 ? name.withUnsafeBytes { Self.foldedPrefix($0) } : 0, name) }
         secretLengths = names.reduce(0) { $0 | Self.lengthBit($1.count) }
     }
 
@@ -77,18 +77,17 @@ public struct Redaction: Sendable {
 
     private func isSecret(_ name: UnsafeRawBufferPointer) -> Bool {
         guard secretLengths & Self.lengthBit(name.count) != 0 else { return false }
-        let prefix = Self.foldedPrefix(name)
+        let prefix = name.count >= 4 ? Self.foldedPrefix(name) : 0
         for secret in secretHeaders where secret.count == name.count && secret.prefix == prefix {
             if secret.name.withUnsafeBytes({ sameName($0, name) }) { return true }
         }
         return false
     }
 
-    /// Up to the first eight bytes, each with bit 0x20 set (the case folding `sameName` uses).
-    private static func foldedPrefix(_ name: UnsafeRawBufferPointer) -> UInt64 {
-        var word: UInt64 = 0
-        for index in 0..<min(8, name.count) { word |= UInt64(name[index] | 0x20) << (8 * UInt64(index)) }
-        return word
+    /// The first four bytes (of at least four), each with bit 0x20 set (the case folding
+    /// `sameName` uses).
+    private static func foldedPrefix(_ name: UnsafeRawBufferPointer) -> UInt32 {
+        name.loadUnaligned(as: UInt32.self) | 0x2020_2020
     }
 
     private func sameName(_ a: UnsafeRawBufferPointer, _ b: UnsafeRawBufferPointer) -> Bool {

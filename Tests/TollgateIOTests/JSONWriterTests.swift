@@ -70,4 +70,15 @@ import TollgateIO
         shared.timestamp(milliseconds: start + 1001)
         #expect(String(decoding: shared.bytes, as: UTF8.self) == "\"2026-01-01T00:00:00.001Z\"")
     }
+
+    @Test func integersOfEveryWidth() {
+        var value = 1
+        var expected: [Int] = [0, Int.max, Int.min + 1, -1]
+        for _ in 0..<18 { expected += [value - 1, value, value + 1]; value *= 10 }
+        for number in expected {
+            var out = JSONWriter()
+            out.integer(number)
+            #expect(String(decoding: out.bytes, as: UTF8.self) == String(number))
+        }
+    }
 }
