@@ -41,7 +41,7 @@ public struct JSONWriter: ~Copyable {
     @inlinable public mutating func beginObject() { separator(); byte(UInt8(ascii: "{")); needsComma = false }
     /// `"name":{` — pair with `endObject()`.
     @inlinable @inline(__always) public mutating func beginObject(_ name: StaticString) { key(name); byte(UInt8(ascii: "{")); needsComma = false }
-    @inlinable public mutating func endObject() { byte(UInt8(ascii: "}")); needsComma = true }
+    @inlinable @inline(__always) public mutating func endObject() { byte(UInt8(ascii: "}")); needsComma = true }
     public mutating func newline() { byte(0x0A); needsComma = false }
 
     // Always inlined: the key's length is then a constant and its copy a few moves.
@@ -114,16 +114,10 @@ public struct JSONWriter: ~Copyable {
 
     // MARK: Values (after `key`)
 
-    /// An array of static strings.
-    public mutating func stringArray(_ values: StaticString...) {
-        byte(UInt8(ascii: "["))
-        for (index, value) in values.enumerated() {
-            if index > 0 { byte(UInt8(ascii: ",")) }
-            byte(UInt8(ascii: "\""))
-            raw(value)
-            byte(UInt8(ascii: "\""))
-        }
-        byte(UInt8(ascii: "]"))
+    /// A JSON value written as it is (a literal array, say): no per-call array as a variadic
+    /// list of strings would allocate.
+    public mutating func literal(_ json: StaticString) {
+        raw(json)
         needsComma = true
     }
 
@@ -230,8 +224,9 @@ public struct JSONWriter: ~Copyable {
 
     /// Appends a String inside an open string, escaped.
     public mutating func appendEscaped(_ value: String) {
-        var value = value
-        value.withUTF8 { appendEscaped(UnsafeRawBufferPointer($0)) }
+        // Borrowed, not copied into a var for withUTF8: that copy cost a retain and release.
+        let done: Void? = value.utf8.withContiguousStorageIfAvailable { appendEscaped(UnsafeRawBufferPointer($0)) }
+        if done == nil { Array(value.utf8).withUnsafeBytes { appendEscaped($0) } }
     }
 
     /// Appends `value` inside an open string, escaping what JSON requires. Eight bytes at a time

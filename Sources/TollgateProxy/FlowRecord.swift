@@ -102,14 +102,14 @@ public struct FlowRecord {
         out.key("id"); id.write(into: &out)
         out.field("kind", "event")
         out.key("category")
-        if method != nil { out.stringArray("network", "web") } else { out.stringArray("network") }
+        if method != nil { out.literal(#"["network","web"]"#) } else { out.literal(#"["network"]"#) }
         out.key("type")
         if decision == "deny" || action == .rejected {
-            out.stringArray("denied")
+            out.literal(#"["denied"]"#)
         } else if method != nil {
-            out.stringArray("access")
+            out.literal(#"["access"]"#)
         } else {
-            out.stringArray("connection")
+            out.literal(#"["connection"]"#)
         }
         out.field("action", action.rawValue)
         out.field("duration", Int(durationNanoseconds))
@@ -210,10 +210,13 @@ public struct FlowRecord {
         case .https: out.appendLiteral("https://")
         case nil: break
         }
-        let bracketed = domain.utf8.contains(UInt8(ascii: ":"))
-        if bracketed { out.appendLiteral("[") }
-        out.appendEscaped(domain)
-        if bracketed { out.appendLiteral("]") }
+        var domain = domain
+        domain.withUTF8 { bytes in
+            let bracketed = bytes.contains(UInt8(ascii: ":"))  // an IPv6 literal
+            if bracketed { out.appendLiteral("[") }
+            out.appendEscaped(UnsafeRawBufferPointer(bytes))
+            if bracketed { out.appendLiteral("]") }
+        }
         if let urlPort {
             out.appendLiteral(":")
             out.appendDecimal(Int(urlPort))

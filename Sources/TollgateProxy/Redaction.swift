@@ -9,16 +9,18 @@ public struct Redaction: Sendable {
     /// Substrings that make a query parameter secret (matched case-insensitively).
     private static let secretParameterParts = ["token", "key", "secret", "password", "passwd", "auth", "signature", "sig",
                                                "credential", "session"]
-    /// Names of headers whose values are never recorded, as compared: length, then the first
-    /// four bytes folded to lower case as one word, then every byte.
-    private let secretHeaders: [(count: Int, prefix: UInt32, name: [UInt8])]
+    /// Names of headers whose values are never recorded, lower case.
+    private let secretNames: [[UInt8]]
+    /// Per secret name, what is compared before its bytes: its length (high half) and its first
+    /// four bytes folded to lower case (low half). Plain integers, so the scan retains nothing.
+    private let secretKeys: [UInt64]
     /// Bit n set when some secret name is n bytes long: most headers are ruled out by length alone.
     private let secretLengths: UInt64
 
     public init(extraHeaders: [String]) {
-        let names = Set(Self.builtInHeaders + extraHeaders.map { $0.lowercased() }).map { Array($0.utf8) }
-        secretHeaders = names.map { name in (name.count, name.count >= 4 ? name.withUnsafeBytes { Self.foldedPrefix($0) } : 0, name) }
-        secretLengths = names.reduce(0) { $0 | Self.lengthBit($1.count) }
+        secretNames = Set(Self.builtInHeaders + extraHeaders.map { $0.lowercased() }).map { Array($0.utf8) }
+        secretKeys = secretNames.map { name in name.withUnsafeBytes { Self.key($0) } }
+        secretLengths = secretNames.reduce(0) { $0 | Self.lengthBit($1.count) }
     }
 
     /// The query with the values of secret-looking parameters replaced.
@@ -77,17 +79,17 @@ public struct Redaction: Sendable {
 
     private func isSecret(_ name: UnsafeRawBufferPointer) -> Bool {
         guard secretLengths & Self.lengthBit(name.count) != 0 else { return false }
-        let prefix = name.count >= 4 ? Self.foldedPrefix(name) : 0
-        for secret in secretHeaders where secret.count == name.count && secret.prefix == prefix {
-            if secret.name.withUnsafeBytes({ sameName($0, name) }) { return true }
+        let key = Self.key(name)
+        for index in secretKeys.indices where secretKeys[index] == key {
+            if secretNames[index].withUnsafeBytes({ sameName($0, name) }) { return true }
         }
         return false
     }
 
-    /// The first four bytes (of at least four), each with bit 0x20 set (the case folding
-    /// `sameName` uses).
-    private static func foldedPrefix(_ name: UnsafeRawBufferPointer) -> UInt32 {
-        name.loadUnaligned(as: UInt32.self) | 0x2020_2020
+    /// Length and first four bytes (each with bit 0x20 set, the case folding `sameName` uses).
+    private static func key(_ name: UnsafeRawBufferPointer) -> UInt64 {
+        let prefix = name.count >= 4 ? name.loadUnaligned(as: UInt32.self) | 0x2020_2020 : 0
+        return UInt64(name.count) << 32 | UInt64(prefix)
     }
 
     private func sameName(_ a: UnsafeRawBufferPointer, _ b: UnsafeRawBufferPointer) -> Bool {
