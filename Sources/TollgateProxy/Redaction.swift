@@ -55,12 +55,12 @@ public struct Redaction: Sendable {
                 out.lowercasedTokenKey(name)
                 out.openString()
                 if isSecret(name) {
-                    Self.markerBytes.withUnsafeBytes { out.appendEscaped($0) }
+                    out.appendLiteral("[redacted]")  // Self.marker, without a static array
                 } else {
                     out.appendEscaped(bytes(fields[index].valueRange))
                     if mayRepeat {
                         for later in fields[(index + 1)...] where sameName(bytes(later.nameRange), name) {
-                            Self.separator.withUnsafeBytes { out.appendEscaped($0) }
+                            out.appendLiteral(", ")
                             out.appendEscaped(bytes(later.valueRange))
                         }
                     }
@@ -74,8 +74,6 @@ public struct Redaction: Sendable {
     /// Bit n for a name n bytes long (bit 63 for 63 and longer).
     private static func lengthBit(_ count: Int) -> UInt64 { count < 63 ? 1 << UInt64(count) : 1 << 63 }
 
-    private static let markerBytes = Array(marker.utf8)
-    private static let separator = Array(", ".utf8)
 
     private func isSecret(_ name: UnsafeRawBufferPointer) -> Bool {
         guard secretLengths & Self.lengthBit(name.count) != 0 else { return false }
