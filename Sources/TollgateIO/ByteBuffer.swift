@@ -191,9 +191,10 @@ public final class BlockCache {
         return true
     }
 
-    /// The most recently kept block of at least `minimum` bytes (the warmest in cache).
+    /// The most recently kept block (the warmest in cache) of `minimum` to twice `minimum`
+    /// bytes: a buffer that needs 4 KiB must not sit on a 64 KiB block.
     func take(minimum: Int) -> (UnsafeMutableRawPointer, Int)? {
-        guard let index = blocks.lastIndex(where: { $0.capacity >= minimum }) else { return nil }
+        guard let index = blocks.lastIndex(where: { $0.capacity >= minimum && $0.capacity <= 2 * minimum }) else { return nil }
         let block = blocks.remove(at: index)
         return (block.pointer, block.capacity)
     }

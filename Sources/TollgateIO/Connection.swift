@@ -25,7 +25,7 @@ public final class Connection: EventHandler, TimerTarget {
     /// atomic operation on every use.
     public unowned(unsafe) let loop: EventLoop
     public let inbound: ByteBuffer
-    public let outbound = ByteBuffer()
+    public let outbound: ByteBuffer
     /// Strong while registered; cleared when the connection closes, which breaks the cycle.
     public var delegate: ConnectionDelegate?
     public private(set) var transport: Transport?
@@ -58,6 +58,7 @@ public final class Connection: EventHandler, TimerTarget {
         self.loop = loop
         self.isConnecting = connecting
         inbound = ByteBuffer(blocks: loop.blocks)
+        outbound = ByteBuffer(blocks: loop.blocks)
     }
 
     /// Adds the socket to the loop; on failure the socket is closed.

@@ -213,6 +213,10 @@ extension ClientSession {
     private func keep(_ connection: Connection, key: PoolKey) {
         kept = KeptUpstream(connection: connection, key: key, since: worker.loop.now)
         connection.wantsRead = true
+        // An idle client must not hold buffer memory for its upstream either; the loop's block
+        // cache hands the storage back on the next request.
+        connection.inbound.releaseIfEmpty()
+        connection.outbound.releaseIfEmpty()
     }
 
     /// The kept upstream if it goes to `key` and is still clean and fresh; otherwise it goes to
@@ -523,8 +527,26 @@ extension ClientSession {
         }
         phase = .readingHead
         client.inbound.releaseIfEmpty()
-        timer.arm(after: settings.timeouts.idle)
+        client.outbound.releaseIfEmpty()
+        // With an upstream kept, the first deadline is the end of its hold (timerFired then
+        // hands it to the pool and waits out the rest of the client's idle time).
+        timer.arm(after: kept != nil ? min(settings.timeouts.idle, keptUpstreamHold) : settings.timeouts.idle)
         readRequestHead()
+    }
+
+    /// How long an idle client keeps its upstream before it goes to the pool: long enough for
+    /// back-to-back requests, short enough that idle clients hold no upstream connections
+    /// beyond the pool's per-destination bound (and never past upstream_idle).
+    var keptUpstreamHold: UInt64 { min(1_000_000_000, settings.timeouts.upstreamIdle) }
+
+    /// The client is idle and its kept upstream's hold is over: the connection goes to the pool
+    /// (or is closed) and the timer waits out the rest of the client's idle time. False if that
+    /// is not the case.
+    func releaseHeldUpstream() -> Bool {
+        guard let kept, client.inbound.isEmpty, worker.loop.now - kept.since >= keptUpstreamHold else { return false }
+        releaseKeptUpstream()
+        timer.arm(at: kept.since + settings.timeouts.idle)
+        return true
     }
 
     func finishRecord(_ record: inout FlowRecord, _ exchange: Exchange? = nil) {

@@ -205,7 +205,9 @@ final class ClientSession: ConnectionDelegate, TimerTarget {
             // Nothing sent yet: a server-speaks-first protocol (SSH, SMTP...). Relay it as raw TCP.
             relayRawTCP()
         case .readingHead:
-            if client.inbound.isEmpty && exchangeCount > 0 || client.inbound.isEmpty && draining {
+            if releaseHeldUpstream() {
+                break
+            } else if client.inbound.isEmpty && exchangeCount > 0 || client.inbound.isEmpty && draining {
                 close()
             } else {
                 respondError(status: 408, type: "request_timeout", message: "request head not received in time")

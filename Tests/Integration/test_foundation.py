@@ -2,6 +2,8 @@
 
 import hashlib
 import json
+import subprocess
+import time
 
 import pytest
 
@@ -162,6 +164,43 @@ def test_an_upstream_outlives_its_client_in_the_pool(testbed, origin, tollgates,
     seen = origin.wait_requests(marker, count=2)
     assert len({r["conn"] for r in seen}) == 1, f"upstream connections used: {seen}"
     assert field(flows_from(tollgate, ports[1])[0], "tollgate.upstream_reused") is True
+
+
+def test_a_kept_upstream_is_closed_after_upstream_idle_while_its_client_idles(testbed, origin, tollgates, marker):
+    # upstream_idle (1 s) shorter than the client's idle timeout (10 s): the connection the
+    # client keeps is closed once it has idled 1 s, and the client's next request gets another.
+    tollgate = tollgates.get({"workers": 1, "timeouts": {"upstream_idle": "1s", "idle": "10s"}})
+    client = KEEP_ALIVE_CLIENT.replace("time.sleep(0.6)", "time.sleep(2.5)")
+    res = testbed.run_in(testbed.worker, ["python3", "-c", client, ORIGIN_IP, f"/1k?{marker}-0", f"/1k?{marker}-1"],
+                         timeout=30)
+    lines = [line.split() for line in res.stdout.splitlines()]
+    assert res.returncode == 0 and [l[:2] for l in lines] == [["200", "1024"]] * 2, (res.stdout, res.stderr)
+    assert lines[0][2] == lines[1][2], "the client should have kept its connection"
+    first, second = origin.wait_requests(marker, count=2)
+    assert first["conn"] != second["conn"], "the expired upstream was used again"
+    closed = [r for r in origin.records() if r["event"] == "close" and r["conn"] == first["conn"]]
+    assert closed and closed[0]["time"] - first["time"] < 2.0, f"kept upstream not closed after upstream_idle: {closed}"
+
+
+def test_an_idle_clients_upstream_goes_to_the_pool_after_a_second(testbed, origin, tollgates, marker):
+    # Client A makes a request and idles on its connection; 1.5 s later client B's request
+    # finds A's upstream in the pool: idle clients hold no upstream beyond the pool's bound.
+    tollgate = tollgates.get({"workers": 1})
+    client = KEEP_ALIVE_CLIENT.replace("time.sleep(0.6)", "time.sleep(3)")
+    a = testbed.popen_in(testbed.worker, ["python3", "-c", client, ORIGIN_IP, f"/1k?{marker}-a0", f"/1k?{marker}-a1"],
+                         stdout=subprocess.PIPE, text=True)
+    try:
+        origin.wait_requests(f"{marker}-a0")
+        time.sleep(1.5)
+        res = testbed.run_in(testbed.worker, ["python3", "-c", KEEP_ALIVE_CLIENT, ORIGIN_IP, f"/1k?{marker}-b"], timeout=30)
+        assert res.returncode == 0 and res.stdout.split()[:2] == ["200", "1024"], (res.stdout, res.stderr)
+        out, _ = a.communicate(timeout=30)
+    finally:
+        if a.poll() is None:
+            a.kill()
+    assert a.returncode == 0 and [l.split()[:2] for l in out.splitlines()] == [["200", "1024"]] * 2, out
+    conn = {r["target"].split("?")[1]: r["conn"] for r in origin.requests(marker)}
+    assert conn[f"{marker}-b"] == conn[f"{marker}-a0"], f"B did not get A's idle upstream from the pool: {conn}"
 
 
 def test_pipelined_requests_are_answered_in_order(testbed, origin, tollgate, marker):
