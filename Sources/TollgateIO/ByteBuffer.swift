@@ -55,6 +55,8 @@ public final class ByteBuffer {
         giveBack()
         storage = nil
         capacity = 0
+        readerIndex = 0
+        writerIndex = 0
     }
 
     private func giveBack() {

@@ -35,4 +35,31 @@ import Testing
         buffer.releaseIfEmpty()
         #expect(buffer.capacity == 0)
     }
+
+    /// Released storage is reused by the next buffer of a similar size, never by a much
+    /// smaller one (a 4 KiB buffer must not sit on a 64 KiB block).
+    @Test func releasedBuffersReuseBlocksOfTheirSize() {
+        let blocks = BlockCache(maxBlocks: 2)
+        let big = ByteBuffer(blocks: blocks)
+        big.reserveWritable(64 * 1024)
+        #expect(big.capacity == 64 * 1024)
+        big.releaseIfEmpty()
+        let small = ByteBuffer(blocks: blocks)
+        small.append(Array(repeating: 7, count: 100))
+        #expect(small.capacity == 4096)
+        let next = ByteBuffer(blocks: blocks)
+        next.reserveWritable(40_000)
+        #expect(next.capacity == 64 * 1024)
+        next.append(Array(repeating: 9, count: 3))
+        #expect(next.copyBytes(offset: 0, count: 3) == [9, 9, 9])
+        // More releases than the cache holds: the rest are freed.
+        small.consume(100)
+        small.releaseIfEmpty()
+        next.consume(3)
+        next.releaseIfEmpty()
+        let extra = ByteBuffer(blocks: blocks)
+        extra.reserveWritable(8192)
+        extra.releaseIfEmpty()
+        #expect(small.capacity == 0 && next.capacity == 0 && extra.capacity == 0)
+    }
 }
