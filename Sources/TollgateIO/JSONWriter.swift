@@ -128,10 +128,6 @@ public struct JSONWriter: ~Copyable {
     }
 
     /// A string value from raw bytes, escaped as needed.
-    public mutating func stringValue(bytes value: [UInt8]) {
-        value.withUnsafeBytes { stringValue($0) }
-    }
-
     public mutating func stringValue(_ value: UnsafeRawBufferPointer) {
         openString()
         appendEscaped(value)

@@ -74,7 +74,6 @@ public struct Redaction: Sendable {
     /// Bit n for a name n bytes long (bit 63 for 63 and longer).
     private static func lengthBit(_ count: Int) -> UInt64 { count < 63 ? 1 << UInt64(count) : 1 << 63 }
 
-
     private func isSecret(_ name: UnsafeRawBufferPointer) -> Bool {
         guard secretLengths & Self.lengthBit(name.count) != 0 else { return false }
         let key = Self.key(name)

@@ -13,7 +13,7 @@ import TollgateIO
                 var out = JSONWriter(capacity: 8)
                 out.beginObject()
                 out.key("v")
-                out.stringValue(bytes: input)
+                input.withUnsafeBytes { out.stringValue($0) }
                 out.endObject()
                 let object = try #require(try JSONSerialization.jsonObject(with: Data(out.bytes)) as? [String: String])
                 #expect(object["v"] == String(decoding: input, as: UTF8.self), "byte \(special) at \(position) of \(length)")
