@@ -527,7 +527,6 @@ extension ClientSession {
         }
         phase = .readingHead
         client.inbound.releaseIfEmpty()
-        client.outbound.releaseIfEmpty()
         // With an upstream kept, the first deadline is the end of its hold (timerFired then
         // hands it to the pool and waits out the rest of the client's idle time).
         timer.arm(after: kept != nil ? min(settings.timeouts.idle, keptUpstreamHold) : settings.timeouts.idle)
