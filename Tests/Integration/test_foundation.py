@@ -129,8 +129,8 @@ def test_keep_alive_reuses_one_upstream_connection(testbed, origin, tollgate, ma
 KEEP_ALIVE_CLIENT = """
 import http.client, sys, time
 conn = http.client.HTTPConnection(sys.argv[1], 80, timeout=10)
-for i, path in enumerate(sys.argv[2:]):
-    if i: time.sleep(0.6)
+for i, path in enumerate(sys.argv[3:]):
+    if i: time.sleep(float(sys.argv[2]))
     conn.request("GET", path)
     resp = conn.getresponse()
     body = resp.read()
@@ -138,11 +138,16 @@ for i, path in enumerate(sys.argv[2:]):
 """
 
 
+def keep_alive_client(*paths, pause=0.6):
+    """argv of a client that GETs `paths` from the origin on one connection, `pause` s apart,
+    printing status, body length and its local port for each."""
+    return ["python3", "-c", KEEP_ALIVE_CLIENT, ORIGIN_IP, str(pause), *paths]
+
+
 def test_a_kept_upstream_the_server_closed_is_replaced(testbed, origin, tollgate, marker):
     # The upstream stays with its client between requests; the origin hangs up on it while
     # the client is idle, and the client's next request must get a fresh one, not an error.
-    res = testbed.run_in(testbed.worker, ["python3", "-c", KEEP_ALIVE_CLIENT, ORIGIN_IP,
-                                          f"/idle-close/100?{marker}-0", f"/1k?{marker}-1"], timeout=30)
+    res = testbed.run_in(testbed.worker, keep_alive_client(f"/idle-close/100?{marker}-0", f"/1k?{marker}-1"), timeout=30)
     lines = [line.split() for line in res.stdout.splitlines()]
     assert res.returncode == 0 and [l[:2] for l in lines] == [["200", "100"], ["200", "1024"]], (res.stdout, res.stderr)
     assert lines[0][2] == lines[1][2], "the client should have kept its connection"
@@ -157,8 +162,7 @@ def test_an_upstream_outlives_its_client_in_the_pool(testbed, origin, tollgates,
     tollgate = tollgates.get({"workers": 1})
     ports = []
     for i in range(2):
-        res = testbed.run_in(testbed.worker, ["python3", "-c", KEEP_ALIVE_CLIENT, ORIGIN_IP, f"/1k?{marker}-{i}"],
-                             timeout=30)
+        res = testbed.run_in(testbed.worker, keep_alive_client(f"/1k?{marker}-{i}"), timeout=30)
         assert res.returncode == 0 and res.stdout.split()[:2] == ["200", "1024"], (res.stdout, res.stderr)
         ports.append(int(res.stdout.split()[2]))
     seen = origin.wait_requests(marker, count=2)
@@ -170,9 +174,7 @@ def test_a_kept_upstream_is_closed_after_upstream_idle_while_its_client_idles(te
     # upstream_idle (1 s) shorter than the client's idle timeout (10 s): the connection the
     # client keeps is closed once it has idled 1 s, and the client's next request gets another.
     tollgate = tollgates.get({"workers": 1, "timeouts": {"upstream_idle": "1s", "idle": "10s"}})
-    client = KEEP_ALIVE_CLIENT.replace("time.sleep(0.6)", "time.sleep(2.5)")
-    res = testbed.run_in(testbed.worker, ["python3", "-c", client, ORIGIN_IP, f"/1k?{marker}-0", f"/1k?{marker}-1"],
-                         timeout=30)
+    res = testbed.run_in(testbed.worker, keep_alive_client(f"/1k?{marker}-0", f"/1k?{marker}-1", pause=2.5), timeout=30)
     lines = [line.split() for line in res.stdout.splitlines()]
     assert res.returncode == 0 and [l[:2] for l in lines] == [["200", "1024"]] * 2, (res.stdout, res.stderr)
     assert lines[0][2] == lines[1][2], "the client should have kept its connection"
@@ -188,13 +190,12 @@ def test_an_idle_clients_upstream_goes_to_the_pool_after_a_second(testbed, origi
     tollgate = tollgates.get({"workers": 1})
     # A's second request comes well after B's, so B cannot lose the pooled connection to it
     # even on a loaded machine.
-    client = KEEP_ALIVE_CLIENT.replace("time.sleep(0.6)", "time.sleep(5)")
-    a = testbed.popen_in(testbed.worker, ["python3", "-c", client, ORIGIN_IP, f"/1k?{marker}-a0", f"/1k?{marker}-a1"],
+    a = testbed.popen_in(testbed.worker, keep_alive_client(f"/1k?{marker}-a0", f"/1k?{marker}-a1", pause=5),
                          stdout=subprocess.PIPE, text=True)
     try:
         origin.wait_requests(f"{marker}-a0")
         time.sleep(1.5)
-        res = testbed.run_in(testbed.worker, ["python3", "-c", KEEP_ALIVE_CLIENT, ORIGIN_IP, f"/1k?{marker}-b"], timeout=30)
+        res = testbed.run_in(testbed.worker, keep_alive_client(f"/1k?{marker}-b"), timeout=30)
         assert res.returncode == 0 and res.stdout.split()[:2] == ["200", "1024"], (res.stdout, res.stderr)
         out, _ = a.communicate(timeout=30)
     finally:
