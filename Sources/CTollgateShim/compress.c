@@ -118,7 +118,7 @@ long tg_gzip(const void *in, size_t len, void *out, size_t cap) {
     put_bits(&w, literal_code[256], literal_length[256]);
     memcpy(w.out + w.at, &w.bits, 8);
     w.at += (w.count + 7) / 8;
-    uint32_t trailer[2] = {(uint32_t)crc32_z(0, in, len), (uint32_t)len};  // little-endian hosts
+    uint32_t trailer[2] = {tg_crc32(0, in, len), (uint32_t)len};  // little-endian hosts
     memcpy(w.out + w.at, trailer, 8);
     return (long)(w.at + 8);
 }
@@ -138,42 +138,6 @@ long tg_gunzip(const void *in, size_t len, void *out, size_t cap) {
     long produced = (long)zs.total_out;
     inflateEnd(&zs);
     return rc == Z_STREAM_END ? produced : -1;
-}
-
-// CRC-32C (Castagnoli) for spool entries: the SSE4.2 instruction checksums several bytes per
-// cycle, where zlib's table-driven CRC-32 cost a tenth of the shipper's CPU; a bitwise
-// fallback keeps other CPUs correct.
-#if defined(__x86_64__)
-__attribute__((target("sse4.2")))
-static uint32_t crc32c_hardware(const unsigned char *p, size_t len) {
-    uint64_t crc = 0xFFFFFFFFu;
-    while (len >= 8) {
-        uint64_t word;
-        memcpy(&word, p, 8);
-        crc = __builtin_ia32_crc32di(crc, word);
-        p += 8;
-        len -= 8;
-    }
-    uint32_t c = (uint32_t)crc;
-    while (len--) c = __builtin_ia32_crc32qi(c, *p++);
-    return ~c;
-}
-#endif
-
-static uint32_t crc32c_portable(const unsigned char *p, size_t len) {
-    uint32_t c = 0xFFFFFFFFu;
-    while (len--) {
-        c ^= *p++;
-        for (int k = 0; k < 8; k++) c = (c >> 1) ^ (0x82F63B78u & (0u - (c & 1u)));
-    }
-    return ~c;
-}
-
-uint32_t tg_crc32c(const void *buf, size_t len) {
-#if defined(__x86_64__)
-    if (__builtin_cpu_supports("sse4.2")) return crc32c_hardware(buf, len);
-#endif
-    return crc32c_portable(buf, len);
 }
 
 int tg_gzip_file(const char *source, const char *destination) {

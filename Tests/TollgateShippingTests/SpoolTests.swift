@@ -187,10 +187,38 @@ extension SpoolBatch {
         #expect(small.withUnsafeBytes { i in [UInt8](repeating: 0, count: 10).withUnsafeBytes { tg_gzip(i.baseAddress, i.count, UnsafeMutableRawPointer(mutating: $0.baseAddress), 10) } } == -1)
     }
 
-    @Test func crc32cMatchesTheStandardCheckValue() {
+    @Test func crcsMatchTheStandardCheckValues() {
         #expect(Array("123456789".utf8).withUnsafeBytes { tg_crc32c($0.baseAddress, $0.count) } == 0xE306_9283)
-        let long = (0..<1000).map { UInt8($0 & 0xFF) }
-        #expect(long.withUnsafeBytes { tg_crc32c($0.baseAddress, $0.count) } != long.dropFirst().withUnsafeBytes { tg_crc32c($0.baseAddress, $0.count) })
+        #expect(Array("123456789".utf8).withUnsafeBytes { tg_crc32(0, $0.baseAddress, $0.count) } == 0xCBF4_3926)
+    }
+
+    /// The folding paths (64 bytes and more, then 16 at a time, then single bytes) against a
+    /// bit-at-a-time CRC, at every length up to a few folds and at odd start addresses.
+    @Test func crcsMatchABitwiseReferenceAtEveryLength() {
+        func bitwise(_ bytes: UnsafeRawBufferPointer, polynomial: UInt32) -> UInt32 {
+            var state: UInt32 = 0xFFFF_FFFF
+            for byte in bytes {
+                state ^= UInt32(byte)
+                for _ in 0..<8 { state = (state >> 1) ^ (polynomial & (0 &- (state & 1))) }
+            }
+            return ~state
+        }
+        var generator = SystemRandomNumberGenerator()
+        let data = (0..<70_000).map { _ in UInt8.random(in: 0...255, using: &generator) }
+        data.withUnsafeBytes { all in
+            var lengths = Array(0...300)
+            lengths += [1023, 1024, 1025, 4096 + 7, 69_997]
+            for length in lengths {
+                for start in [0, 1, 3] {
+                    let slice = UnsafeRawBufferPointer(rebasing: all[start..<(start + length)])
+                    #expect(tg_crc32c(slice.baseAddress, length) == bitwise(slice, polynomial: 0x82F6_3B78), "CRC-32C, \(length) bytes")
+                    #expect(tg_crc32(0, slice.baseAddress, length) == bitwise(slice, polynomial: 0xEDB8_8320), "CRC-32, \(length) bytes")
+                }
+            }
+            // Continuing a CRC over a second piece gives the CRC of the whole.
+            let first = tg_crc32(0, all.baseAddress, 1000)
+            #expect(tg_crc32(first, all.baseAddress! + 1000, 5000) == tg_crc32(0, all.baseAddress, 6000))
+        }
     }
 
     @Test func templateIsValidJSONCoveringTheRecordFields() throws {

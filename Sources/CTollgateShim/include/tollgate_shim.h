@@ -76,5 +76,7 @@ long tg_gunzip(const void *in, size_t len, void *out, size_t cap);
 int tg_gzip_file(const char *source, const char *destination);
 /// CRC-32C (Castagnoli) of a buffer, for spool entries; hardware-accelerated where the CPU has it.
 uint32_t tg_crc32c(const void *buf, size_t len);
+/// CRC-32 as gzip and zlib define it, continuing `crc` (0 to start), like zlib's crc32_z.
+uint32_t tg_crc32(uint32_t crc, const void *buf, size_t len);
 
 #endif
