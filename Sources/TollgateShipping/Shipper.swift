@@ -358,6 +358,7 @@ public struct BulkEncoder {
     /// Per day: the index name and the action line's start naming it.
     private var days: [Int: (indexName: String, actionPrefix: [UInt8])] = [:]
     private var ndjson: [UInt8] = []
+    private var compressed: [UInt8] = []
 
     public init(index: String) { self.index = index }
 
@@ -375,14 +376,16 @@ public struct BulkEncoder {
             ndjson.append(0x0A)
         }
         let bound = tg_gzip_bound(ndjson.count)
+        // Only grown, never refilled with zeros: a fresh worst-case-sized body per batch cost
+        // more than compressing into it.
+        if compressed.count < bound { compressed.append(contentsOf: repeatElement(0, count: bound - compressed.count)) }
+        let size = ndjson.withUnsafeBytes { input in compressed.withUnsafeMutableBytes { tg_gzip(input.baseAddress, input.count, $0.baseAddress, bound) } }
         body.removeAll(keepingCapacity: true)
-        body.append(contentsOf: repeatElement(0, count: bound))
-        let size = ndjson.withUnsafeBytes { input in body.withUnsafeMutableBytes { tg_gzip(input.baseAddress, input.count, $0.baseAddress, bound) } }
         guard size > 0 else {
-            body = ndjson
+            body.append(contentsOf: ndjson)
             return false
         }
-        body.removeLast(bound - size)
+        body.append(contentsOf: compressed[..<size])
         return true
     }
 
