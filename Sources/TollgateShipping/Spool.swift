@@ -162,6 +162,9 @@ public struct SpoolPosition: Comparable, Sendable, CustomStringConvertible {
 /// A segmented append-only log of records on disk. Each entry carries its length and a CRC-32C,
 /// so a torn tail after a crash is detected and cut off; a segment is deleted only once every
 /// record in it was acknowledged. The acknowledged position is kept in `ack` (write + rename).
+/// What this run wrote to the active segment is also kept in memory, so the sender, which
+/// normally follows the writer closely, reads it back without a system call or a checksum pass;
+/// the files are read only for what an earlier run left and after the active segment rolled.
 /// Thread-safe: one writer thread appends, one sender thread reads and acknowledges.
 public final class Spool: Sendable {
     static let headerSize = 12
@@ -178,6 +181,9 @@ public final class Spool: Sendable {
         var acked = SpoolPosition(segment: 1, offset: 0)
         var records = 0
         var dirty = false
+        /// The active segment's bytes from `recentOffset` on, as written by this run.
+        var recent: [UInt8] = []
+        var recentOffset = 0
     }
 
     public let directory: String
@@ -216,7 +222,21 @@ public final class Spool: Sendable {
             if state.activeFD < 0 || state.segments[state.active, default: 0] >= Self.segmentBytes {
                 try roll(&state)
             }
-            try writeAll(state.activeFD, framed.bytes, count: byteCount)
+            do throws(SystemError) {
+                try writeAll(state.activeFD, framed.bytes, count: byteCount)
+            } catch {
+                // A partial write (disk full) must not stay: the next append would land behind
+                // bytes no offset accounts for.
+                _ = ftruncate(state.activeFD, off_t(state.segments[state.active, default: 0]))
+                throw error
+            }
+            if state.recent.count + byteCount <= Self.segmentBytes {
+                framed.bytes.withUnsafeBytes { state.recent.append(contentsOf: UnsafeRawBufferPointer(rebasing: $0[..<byteCount])) }
+            } else {
+                // Bounded like a segment: past that, this write is read back from the file.
+                state.recent.removeAll(keepingCapacity: true)
+                state.recentOffset = state.segments[state.active, default: 0] + byteCount
+            }
             state.segments[state.active, default: 0] += byteCount
             state.end = SpoolPosition(segment: state.active, offset: state.segments[state.active]!)
             state.records += records
@@ -261,11 +281,13 @@ public final class Spool: Sendable {
                 continue
             }
             let chunkStart = bytes.count
-            readSegment(cursor.segment, from: cursor.offset, upTo: min(end, cursor.offset + max(maxBytes - documentBytes, 1 << 16)), into: &bytes)
+            let chunkEnd = min(end, cursor.offset + max(maxBytes - documentBytes, 1 << 16))
+            let fromMemory = copyRecent(cursor.segment, from: cursor.offset, upTo: chunkEnd, into: &bytes)
+            if !fromMemory { readSegment(cursor.segment, from: cursor.offset, upTo: chunkEnd, into: &bytes) }
             var offset = chunkStart
             bytes.withUnsafeBytes { raw in
                 while offset < raw.count && bodies.count < maxRecords && documentBytes < maxBytes {
-                    guard let size = Self.entrySize(raw, at: offset) else { break }
+                    guard let size = fromMemory ? Self.framedEntrySize(raw, at: offset) : Self.entrySize(raw, at: offset) else { break }
                     bodies.append((offset + Self.headerSize)..<(offset + size))
                     documentBytes += size - Self.headerSize - 8 - RecordID.hexCount
                     offset += size
@@ -315,6 +337,8 @@ public final class Spool: Sendable {
         state.activeFD = fd
         state.segments[state.active] = state.segments[state.active] ?? 0
         state.end = SpoolPosition(segment: state.active, offset: state.segments[state.active]!)
+        state.recent.removeAll(keepingCapacity: true)
+        state.recentOffset = state.end.offset
     }
 
     private func recover(_ state: inout State) throws(SystemError) {
@@ -356,6 +380,16 @@ public final class Spool: Sendable {
         state.activeFD = fd
         state.segments[state.active] = 0
         state.end = SpoolPosition(segment: state.active, offset: 0)
+    }
+
+    /// Appends the bytes from `offset` to `end` of the active segment to `bytes` when this run
+    /// wrote them and they are still in memory; false when they must be read from the file.
+    private func copyRecent(_ segment: UInt64, from offset: Int, upTo end: Int, into bytes: inout [UInt8]) -> Bool {
+        state.withLock { state in
+            guard segment == state.active, offset >= state.recentOffset, end <= state.recentOffset + state.recent.count else { return false }
+            bytes.append(contentsOf: state.recent[(offset - state.recentOffset)..<(end - state.recentOffset)])
+            return true
+        }
     }
 
     /// Appends the segment's bytes from `offset` to `end` (or its size) to `bytes`.
@@ -416,6 +450,14 @@ public final class Spool: Sendable {
             offset += headerSize + length
         }
         return offset
+    }
+
+    /// The size of the entry at `offset` in bytes this process framed (no checksum pass), or nil
+    /// when `bytes` ends before the whole entry.
+    static func framedEntrySize(_ bytes: UnsafeRawBufferPointer, at offset: Int) -> Int? {
+        guard bytes.count - offset >= headerSize else { return nil }
+        let size = headerSize + bodyLength(bytes, at: offset)
+        return bytes.count - offset >= size ? size : nil
     }
 
     /// The size of the valid entry at `offset`, or nil for a torn, corrupt or missing one.

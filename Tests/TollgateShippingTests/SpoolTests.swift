@@ -44,6 +44,20 @@ extension SpoolBatch {
         #expect(spool.unacknowledgedRecords == 100)
     }
 
+    @Test func readsWhatThisRunWroteFromMemoryAndTheRestFromTheFiles() throws {
+        let directory = temporaryDirectory()
+        let spool = try Spool(directory: directory)
+        try spool.append(records(0..<50))
+        let reader = try Spool(directory: directory)  // a second spool over the same files reads them
+        let (onDisk, _) = reader.read(from: reader.acknowledgedPosition, maxRecords: 100, maxBytes: 1 << 20)
+        #expect(onDisk.documents == (0..<50).map { "{\"n\":\($0)}" })
+        // With the file emptied behind its back, the writing spool still reads every record: from memory.
+        #expect(truncate(directory + "/000000000001.seg", 0) == 0)
+        let (inMemory, next) = spool.read(from: spool.acknowledgedPosition, maxRecords: 100, maxBytes: 1 << 20)
+        #expect(inMemory.documents == onDisk.documents)
+        #expect(next == spool.endPosition)
+    }
+
     @Test func replaysUnacknowledgedRecordsAfterARestart() throws {
         let directory = temporaryDirectory()
         do {
