@@ -22,6 +22,7 @@ bench_common_option() {
     -c|--connections) CONNECTIONS=$2 ;;
     -t|--threads) THREADS=$2 ;;
     --proxy-cpu) PROXY_CPU=$2 ;;
+    --proxy-quota) PROXY_QUOTA=$2 ;;
     --load-cpu) LOAD_CPU=$2 ;;
     --origin-cpu) ORIGIN_CPU=$2 ;;
     --tollgate) TOLLGATE_BIN=$2 ;;
@@ -35,6 +36,10 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 DOCS_FILE=${DOCS_FILE:-$REPO/docs/benchmarks.md}
 TOLLGATE_BIN=${TOLLGATE_BIN:-$REPO/.build/release/tollgate}
 KEEP_TMP=${KEEP_TMP:-0}
+# Percent of one CPU the proxy may use (a cgroup CPU quota), 0 for no cap. With a cap the
+# proxy, not the load generator sharing the other CPU, is what limits requests/s.
+PROXY_QUOTA=${PROXY_QUOTA:-0}
+CGROUP_DIR=
 
 # Addresses: the same as Tests/Integration/testbed.py.
 WORKER_IP=10.99.0.2
@@ -167,6 +172,7 @@ bench_cleanup() {
     # only the per-namespace files this script created (bench_hosts)
     case "$ns" in tgb*) rm -rf "/etc/netns/$ns" ;; esac
   done
+  [ -z "$CGROUP_DIR" ] || rmdir "$CGROUP_DIR" 2>/dev/null
   if [ "$KEEP_TMP" -eq 1 ]; then log "kept $TMP"; else rm -rf "$TMP"; fi
   exit "$rc"
 }
@@ -331,16 +337,43 @@ bench_start_tollgate() {
   log "$label: tollgate (workers: 1) in $NS_G on CPU $PROXY_CPU"
   start_in "$NS_G" "$PROXY_CPU" "$stderr" "$TOLLGATE_BIN" run --config "$config"
   TG_PID=$STARTED_PID
+  bench_cap_proxy "$TG_PID"
   wait_for 20 "tollgate /healthz ($label)" in_ns "$NS_G" curl -sf -m 2 -o /dev/null http://127.0.0.1:9901/healthz
   wait_for 10 "a correct fetch through tollgate ($label)" check_path "$@"
+}
+
+# bench_cap_proxy PID: with --proxy-quota, moves the process (all its threads, and those it
+# starts later) into this run's cgroup, which may use PROXY_QUOTA% of one CPU per 10 ms.
+bench_cap_proxy() {
+  [ "$PROXY_QUOTA" -gt 0 ] || return 0
+  if [ -z "$CGROUP_DIR" ]; then
+    local period=10000 quota=$((PROXY_QUOTA * 100))
+    if [ -f /sys/fs/cgroup/cgroup.controllers ]; then  # cgroup v2
+      grep -qw cpu /sys/fs/cgroup/cgroup.subtree_control || echo +cpu >/sys/fs/cgroup/cgroup.subtree_control
+      CGROUP_DIR=/sys/fs/cgroup/$BASE
+      mkdir "$CGROUP_DIR" && echo "$quota $period" >"$CGROUP_DIR/cpu.max"
+    elif [ -d /sys/fs/cgroup/cpu ]; then  # cgroup v1
+      CGROUP_DIR=/sys/fs/cgroup/cpu/$BASE
+      mkdir "$CGROUP_DIR" && echo "$period" >"$CGROUP_DIR/cpu.cfs_period_us" && echo "$quota" >"$CGROUP_DIR/cpu.cfs_quota_us"
+    else
+      die "--proxy-quota needs the cgroup cpu controller (/sys/fs/cgroup)"
+    fi || die "cannot set up the CPU quota in $CGROUP_DIR"
+    log "proxy capped at ${PROXY_QUOTA}% of a CPU ($CGROUP_DIR)"
+  fi
+  echo "$1" >"$CGROUP_DIR/cgroup.procs"
+}
+
+throttle_stat() {  # -> "periods throttled" of the proxy's cgroup so far
+  awk '$1 == "nr_periods" {p = $2} $1 == "nr_throttled" {t = $2} END {print p + 0, t + 0}' "$CGROUP_DIR/cpu.stat"
 }
 
 # Figures per case and round, for the benches that run in rounds: keep_result KEY ROUND
 # keeps the measured run's (measure's R_* globals); result_field KEY ROUND N reads the Nth:
 # 1 requests/s, 2 requests per CPU-s, 3 proxy CPU-s, 4 p99, 5 requests, 6 non-2xx,
-# 7 socket errors, 8 upstream conns opened, 9 user CPU µs per request (utime only).
+# 7 socket errors, 8 upstream conns opened, 9 user CPU µs per request (utime only),
+# 10 percent of 10 ms periods the proxy used its whole --proxy-quota in (n/a uncapped).
 declare -A RESULT
-keep_result() { RESULT[$1,$2]="$R_RPS $R_PER_CPU $R_CPU $R_P99 $R_REQS $R_NON2XX $R_SOCKERR $R_UPCONN $R_USER_US"; }
+keep_result() { RESULT[$1,$2]="$R_RPS $R_PER_CPU $R_CPU $R_P99 $R_REQS $R_NON2XX $R_SOCKERR $R_UPCONN $R_USER_US ${R_THROTTLED:-n/a}"; }
 result_field() { echo "${RESULT[$1,$2]}" | awk -v i="$3" '{print $i}'; }
 
 # bench_stop_tollgate PID: SIGTERM, wait up to 10 s (then SIGKILL); notes a bad exit.
@@ -422,6 +455,8 @@ measure() {
   local busy_before busy_after
   busy_before=$(cpu_busy_ticks "$PROXY_CPU")
   before=$(cpu_ticks "${pids[@]}")
+  local throttle_before=
+  [ -z "$CGROUP_DIR" ] || throttle_before=$(throttle_stat)
   local wrk_ok=1 profiler=
   if [ -n "${BENCH_PERF:-}" ]; then  # a directory: profile the proxy during the measured run
     mkdir -p "$BENCH_PERF"
@@ -453,7 +488,15 @@ measure() {
   R_CPU_BUSY=$(awk -v t=$((busy_after - busy_before)) -v hz="$CLK_TCK" 'BEGIN {printf "%.2f", t / hz}')
   R_TOP=$(top_consumers "$TMP/procs-$name.before" "$TMP/procs-$name.after")
   log "$name: proxy ${R_CPU} CPU-s (user ${R_USER_US} µs per request); CPU $PROXY_CPU busy ${R_CPU_BUSY} s; top: $R_TOP"
-  if awk -v b="$R_CPU_BUSY" -v p="$R_CPU" -v d="$duration" 'BEGIN { exit !(b - p > 0.05 * d) }'; then
+  R_THROTTLED=
+  if [ -n "$throttle_before" ]; then
+    # The share of 10 ms periods in which the proxy used its whole quota: near 100% means it
+    # was the bottleneck, as the cap intends.
+    R_THROTTLED=$(throttle_stat | awk -v b="$throttle_before" '{split(b, x, " "); p = $1 - x[1]; t = $2 - x[2]; printf "%.0f%%", (p > 0 ? 100 * t / p : 0)}')
+    log "$name: the proxy used its whole ${PROXY_QUOTA}% quota in ${R_THROTTLED} of the 10 ms periods"
+  fi
+  # (Under a quota the proxy gets its share whatever else runs on its CPU.)
+  if [ "$PROXY_QUOTA" -eq 0 ] && awk -v b="$R_CPU_BUSY" -v p="$R_CPU" -v d="$duration" 'BEGIN { exit !(b - p > 0.05 * d) }'; then
     note "$name: CPU $PROXY_CPU was shared: busy ${R_CPU_BUSY} s, the proxy ${R_CPU} CPU-s (requests/s understated; top: $R_TOP)"
   fi
 }
