@@ -12,7 +12,9 @@
 #      tls.upstream_ca = the Origin CA, flow log on;
 #   2. nginx: TLS terminated with a static origin.test certificate ("Bench Proxy CA"),
 #      re-encrypted to the origin with verification, upstream keepalive 64, 1 worker;
-#   3. mitmproxy: mitmdump --mode transparent, verifying upstream against the Origin CA.
+#   3. mitmproxy: mitmdump --mode transparent, verifying upstream against the Origin CA;
+#   and, each round, Tollgate without its flow log and nginx with its access log: the
+#   like-for-like pairings (neither logging, both logging) next to 1 / 2.
 # Cases (wrk from worker, pinned to another CPU): keep-alive 1 KiB; a new connection per
 # request (Connection: close), 1 KiB; keep-alive 64 KiB. For each: requests/s, p99,
 # the proxy's CPU-seconds (utime+stime of all its processes) and requests per CPU-second,
@@ -170,7 +172,8 @@ bench_nginx_conf "$TMP/origin" 16384 "  server {
   }
 $STATUS_SERVER"
 
-bench_nginx_conf "$TMP/proxy" 4096 "  upstream origin_up {
+proxy_nginx_conf() {  # dir access-log-directive
+  bench_nginx_conf "$1" 4096 "  upstream origin_up {
     server $ORIGIN_IP:443;
     keepalive 64;
     keepalive_requests 100000000;
@@ -180,6 +183,7 @@ bench_nginx_conf "$TMP/proxy" 4096 "  upstream origin_up {
     ssl_certificate $PKI/proxy-leaf.pem;
     ssl_certificate_key $PKI/proxy-leaf-key.pem;
     ssl_protocols TLSv1.2 TLSv1.3;
+    $2
     location / {
       proxy_pass https://origin_up;
       proxy_http_version 1.1;
@@ -193,6 +197,10 @@ bench_nginx_conf "$TMP/proxy" 4096 "  upstream origin_up {
       proxy_ssl_protocols TLSv1.2 TLSv1.3;
     }
   }"
+}
+proxy_nginx_conf "$TMP/proxy" ""
+# The like-for-like peer of Tollgate logging every request: nginx writing its access log.
+proxy_nginx_conf "$TMP/proxy-log" "access_log $TMP/proxy-log/access.log combined buffer=64k flush=1s;"
 
 tollgate_config() {  # flow-log-file
   cat <<EOF
@@ -220,6 +228,7 @@ grep -v -e '^log:' -e '^  file:' "$TMP/tollgate.yaml" >"$TMP/tollgate-nolog.yaml
 
 bench_nginx_check "$NS_I" "$TMP/origin" origin
 bench_nginx_check "$NS_G" "$TMP/proxy" proxy
+bench_nginx_check "$NS_G" "$TMP/proxy-log" "proxy (access log)"
 "$TOLLGATE_BIN" check-config --config "$TMP/tollgate.yaml" >/dev/null \
   || die "tollgate check-config rejected $TMP/tollgate.yaml"
 
@@ -333,19 +342,20 @@ tollgate_round() {  # round [config key]: key tgnolog is the diagnostic run with
   bench_tollgate_stderr "$TMP/$key-r$round.stderr" "$TG_EXPECTED_WARN"
 }
 
-nginx_round() {  # round
-  local round=$1 pids pids_after
+nginx_round() {  # round [key]: key nginxlog is nginx with its access log on
+  local round=$1 key=${2:-nginx} pids pids_after dir=$TMP/proxy
+  [ "$key" = nginx ] || dir=$TMP/proxy-log
   wait_port_free "$NS_G" "$PORT"
-  log "2. nginx (1 worker, TLS re-encrypting, upstream keepalive 64) in $NS_G on CPU $PROXY_CPU, round $round"
-  bench_nginx_start "$NS_G" "$PROXY_CPU" "$TMP/proxy"
+  log "2. $key (1 worker, TLS re-encrypting, upstream keepalive 64) in $NS_G on CPU $PROXY_CPU, round $round"
+  bench_nginx_start "$NS_G" "$PROXY_CPU" "$dir"
   NGX_PID=$STARTED_PID
   wait_for 10 "a correct fetch through nginx" check_path "$PKI/proxy-ca.pem"
-  if [ "$round" -eq 1 ]; then
+  if [ "$round" -eq 1 ] && [ "$key" = nginx ]; then
     check_intercepted nginx "$PKI/proxy-ca.pem"
     NGX_TLS="$TLS_SEEN; session resumption $RESUMPTION"
   fi
   pids=$(proc_tree "$NGX_PID" | tr '\n' ' ')
-  run_cases nginx "nginx" "$WARMUP" "$DURATION" "$CONNECTIONS" "$pids" "$round"
+  run_cases "$key" "$key" "$WARMUP" "$DURATION" "$CONNECTIONS" "$pids" "$round"
   pids_after=$(proc_tree "$NGX_PID" | tr '\n' ' ')
   [ "$pids" = "$pids_after" ] || note "nginx process set changed during the runs of round $round ($pids-> $pids_after)"
   kill -TERM "$NGX_PID" 2>/dev/null || true
@@ -358,6 +368,7 @@ for round in $(seq 1 "$ROUNDS"); do
   tollgate_round "$round"
   nginx_round "$round"
   tollgate_round "$round" tollgate-nolog tgnolog
+  nginx_round "$round" nginxlog
 done
 while read -r l; do note "nginx error.log: ${l:0:300}"; done < <(grep -E '\[(error|crit|alert|emerg)\]' "$TMP/proxy/error.log" | head -2 || true)
 # The flow log, sorted: what is expected (one http_request with status 200 per request;
@@ -518,7 +529,8 @@ declare -A PROXY_LABEL=(
   [tollgate]="Tollgate (workers: 1, flow log on)"
   [nginx]="nginx $NGINX_VERSION (1 worker, re-encrypting, upstream keepalive 64)"
   [mitm]="mitmproxy ${MITM_VERSION:-} (mitmdump -q, transparent)"
-  [tgnolog]="Tollgate (workers: 1, flow log off; diagnostic)"
+  [tgnolog]="Tollgate (workers: 1, flow log off)"
+  [nginxlog]="nginx as above, access log on (combined, buffer=64k)"
 )
 row() {  # proxy case round
   local p=$1 c=$2 r=$3 k="$1.$2.r$3"
@@ -547,18 +559,18 @@ TABLE=$(
   echo "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
   for c in "${CASES[@]}"; do
     for r in $(seq 1 "$ROUNDS"); do
-      for p in tollgate nginx tgnolog; do row "$p" "$c" "$r"; done
+      for p in tollgate nginx tgnolog nginxlog; do row "$p" "$c" "$r"; done
     done
     row mitm "$c" 1
   done
   echo
   echo "Medians over the $ROUNDS rounds of each round's ratio (mitmproxy measured once):"
   echo
-  echo "| Case | Tollgate / nginx, requests per CPU-s | its rounds | Tollgate / mitmproxy, requests per CPU-s | Aim vs nginx (issue 3) | Diagnostic: flow log off / nginx |"
-  echo "|---|---:|---|---:|---:|---:|"
+  echo "| Case | Tollgate / nginx, requests per CPU-s (Tollgate logging, nginx not) | its rounds | Tollgate / mitmproxy | Aim vs nginx (issue 3) | Both logging | Neither logging |"
+  echo "|---|---:|---|---:|---:|---:|---:|"
   for c in "${CASES[@]}"; do
     nginx_ratios=$(ratios_of tollgate nginx "$c")
-    echo "| ${CASE_TITLE[$c]} | **$(echo "$nginx_ratios" | median)** |$nginx_ratios | $(ratios_of tollgate mitm "$c" | median) | ${CASE_AIM[$c]} | $(ratios_of tgnolog nginx "$c" | median) |"
+    echo "| ${CASE_TITLE[$c]} | **$(echo "$nginx_ratios" | median)** |$nginx_ratios | $(ratios_of tollgate mitm "$c" | median) | ${CASE_AIM[$c]} | $(ratios_of tollgate nginxlog "$c" | median) | $(ratios_of tgnolog nginx "$c" | median) |"
   done
   echo
   echo "Memory: $MEM_LINE"
@@ -588,7 +600,7 @@ if [ "$WRITE_DOCS" -eq 1 ]; then
     echo "- Tollgate: tree at $COMMIT, release binary built $BIN_DATE"
     echo "- Topology: \`worker\` — \`gateway\` — \`internet\`; the gateway's nftables redirect of the worker's tcp dport 443 to :$PORT; an nginx HTTPS origin (1 worker, access log off, certificate for \`$SNI\` from a throwaway \"Origin CA\", ECDSA P-256) on $ORIGIN_IP:443 in \`internet\` on CPU $ORIGIN_CPU; \`$SNI\` resolves to $ORIGIN_IP in \`worker\`. Each proxy runs alone in \`gateway\` on CPU $PROXY_CPU and verifies the origin against the Origin CA and the name \`$SNI\`."
     echo "- Proxies: **Tollgate** \`run\` with the transparent listener, \`workers: 1\`, its own CA (\`tollgate ca init\`), \`tls.upstream_ca\` = the Origin CA, flow log to a file. **nginx** \`listen $PORT ssl\` with a static \`$SNI\` certificate (ECDSA P-256, \"Bench Proxy CA\"), \`proxy_pass https://origin_up\` with \`proxy_ssl_verify on\`, \`proxy_ssl_name $SNI\`, \`proxy_ssl_server_name on\`, \`proxy_ssl_session_reuse on\`, upstream \`keepalive 64\`, \`proxy_http_version 1.1\`, 1 worker, access log off. **mitmproxy** \`mitmdump -q --mode transparent --listen-port $PORT --set confdir=… --set ssl_insecure=false --set ssl_verify_upstream_trusted_ca=<Origin CA>\` (from a venv; \`-q\`: no per-flow console output)."
-    echo "- Load: wrk from \`worker\` on CPU $LOAD_CPU (trusting nothing: wrk does not verify certificates; curl checks with each proxy's CA, and that trusting only the Origin CA fails, before the runs): \`wrk $(case_args ka1k "$CONNECTIONS") -d${DURATION}s\`; the same with \`-H 'Connection: close'\` (every request on a new TLS connection; wrk resumes its session, see TLS below); \`wrk $(case_args ka64k "$CONNECTIONS") -d${DURATION}s\`; each after a ${WARMUP}s warm-up; Tollgate (all three cases), nginx (all three), then Tollgate without a \`log\` section (diagnostic: what the flow record costs), repeated for $ROUNDS rounds, each proxy started fresh per round. mitmproxy is slow, so its runs are shorter and lighter: ${MITM_DURATION}s after a ${MITM_WARMUP}s warm-up, ${MITM_CONNECTIONS} connections (per-CPU-second figures stay comparable)."
+    echo "- Load: wrk from \`worker\` on CPU $LOAD_CPU (trusting nothing: wrk does not verify certificates; curl checks with each proxy's CA, and that trusting only the Origin CA fails, before the runs): \`wrk $(case_args ka1k "$CONNECTIONS") -d${DURATION}s\`; the same with \`-H 'Connection: close'\` (every request on a new TLS connection; wrk resumes its session, see TLS below); \`wrk $(case_args ka64k "$CONNECTIONS") -d${DURATION}s\`; each after a ${WARMUP}s warm-up; Tollgate (all three cases), nginx (all three), Tollgate without a \`log\` section, then nginx with its access log on (combined format, \`buffer=64k flush=1s\`: the like-for-like peer of Tollgate logging every request), repeated for $ROUNDS rounds, each proxy started fresh per round. mitmproxy is slow, so its runs are shorter and lighter: ${MITM_DURATION}s after a ${MITM_WARMUP}s warm-up, ${MITM_CONNECTIONS} connections (per-CPU-second figures stay comparable)."
     echo "- TLS: all three negotiate TLS 1.3 with the clients (nginx 1.22 offers only up to TLS 1.2 by default; the script sets \`ssl_protocols TLSv1.2 TLSv1.3\` on the nginx proxy and the origin, and \`proxy_ssl_protocols\` likewise). wrk keeps its TLS session across reconnects (it \`SSL_clear\`s and reuses the SSL object), so in the new-connection case every handshake is a resumption — in TLS 1.3 a PSK handshake that still does an ECDHE exchange; in TLS 1.2 an abbreviated handshake without one, about twice as cheap, which is why nginx with its TLS 1.2 default does about twice as many new connections per CPU-second. The session-resumption line below is \`openssl s_client -sess_out/-sess_in\` through each proxy."
     echo "- Proxy CPU-s: utime+stime from \`/proc/<pid>/stat\` of all the proxy's processes (all threads; nginx: master + worker) over the measured run. Requests per CPU-s = completed requests / proxy CPU-s, the figure to compare (it does not depend on whether wrk or the origin, which share CPU $LOAD_CPU, is the bottleneck). MiB/s = wrk's Transfer/sec. Upstream conns opened = connections the origin accepted during the measured run (its stub_status)."
     echo "- Memory: a fresh Tollgate; \`bench/idle_tls_clients.py\` in \`worker\` opens the connections (100 at a time), completes the handshake trusting the Tollgate CA, sends one keep-alive \`GET /1k\` on each and reads the response, then keeps them idle; per connection = (VmRSS with them open, 5 s after the last − VmRSS before) / connections."
