@@ -6,13 +6,13 @@ public enum HeadWriter {
 
     /// Writes a request head with `target` (origin-form) as the request target.
     public static func writeRequest(_ head: RequestHead, target: String, addHost: String?, framing: BodyFraming, into out: inout [UInt8]) {
-        out.append(contentsOf: head.method.utf8)
+        append(head.method, to: &out)
         out.append(0x20)
-        out.append(contentsOf: target.utf8)
+        append(target, to: &out)
         append(" HTTP/1.1\r\n", to: &out)
         if let addHost {
             append("Host: ", to: &out)
-            out.append(contentsOf: addHost.utf8)
+            append(addHost, to: &out)
             append("\r\n", to: &out)
         }
         writeFields(head.headers, keepingContentLength: false, into: &out)
@@ -31,7 +31,7 @@ public enum HeadWriter {
         append("HTTP/1.1 ", to: &out)
         appendDecimal(head.status, to: &out)
         out.append(0x20)
-        out.append(contentsOf: head.reason.utf8)
+        append(head.reason, to: &out)
         append("\r\n", to: &out)
         // A bodiless response (HEAD, 304) keeps its Content-Length: it describes the representation.
         writeFields(head.headers, keepingContentLength: framing == .none, into: &out)
@@ -70,18 +70,44 @@ public enum HeadWriter {
         out.append(contentsOf: body)
     }
 
+    /// Forwarded fields go out as `Name: value` lines. A line already written that way in the
+    /// received head is copied as it is, and consecutive such lines in one copy: the common head
+    /// becomes a few copies instead of four appends per field.
     private static func writeFields(_ headers: Headers, keepingContentLength: Bool, into out: inout [UInt8]) {
         // Connection nearly always lists only close or keep-alive: then no field needs a look
         // through the Connection values.
         let connectionNamesFields = headers.connectionNamesFields
-        for field in headers.fields {
-            if field.known.isHopByHop && !(keepingContentLength && field.known == .contentLength) { continue }
-            let name = headers.name(field)
-            if connectionNamesFields && headers.isNamedByConnection(name) { continue }
-            out.append(contentsOf: name)
-            append(": ", to: &out)
-            out.append(contentsOf: headers.value(field))
-            append("\r\n", to: &out)
+        headers.withUnsafeBytes { head in
+            // Received lines waiting to be copied: head[runStart..<runEnd].
+            var runStart = 0, runEnd = 0
+            func flush(_ out: inout [UInt8]) {
+                if runEnd > runStart { out.append(contentsOf: UnsafeRawBufferPointer(rebasing: head[runStart..<runEnd])) }
+                runStart = runEnd
+            }
+            for field in headers.fields {
+                if field.known.isHopByHop && !(keepingContentLength && field.known == .contentLength) { continue }
+                let name = UnsafeRawBufferPointer(rebasing: head[field.nameRange])
+                if connectionNamesFields && headers.isNamedByConnection(name) { continue }
+                let value = field.valueRange
+                // `Name: value\r\n` exactly: one space after the colon, no trailing whitespace.
+                let verbatim = value.lowerBound == field.nameRange.upperBound + 2 && head[field.nameRange.upperBound + 1] == 0x20
+                    && head[value.upperBound] == 0x0D
+                if verbatim && field.nameRange.lowerBound == runEnd {
+                    runEnd = value.upperBound + 2
+                    continue
+                }
+                flush(&out)
+                if verbatim {
+                    runStart = field.nameRange.lowerBound
+                    runEnd = value.upperBound + 2
+                } else {
+                    out.append(contentsOf: name)
+                    append(": ", to: &out)
+                    out.append(contentsOf: UnsafeRawBufferPointer(rebasing: head[value]))
+                    append("\r\n", to: &out)
+                }
+            }
+            flush(&out)
         }
     }
 
@@ -101,6 +127,13 @@ public enum HeadWriter {
     @inline(__always)
     static func append(_ text: StaticString, to out: inout [UInt8]) {
         out.append(contentsOf: UnsafeBufferPointer(start: text.utf8Start, count: text.utf8CodeUnitCount))
+    }
+
+    /// A String's bytes in one copy (appending its UTF8View went byte by byte).
+    @inline(__always)
+    static func append(_ text: String, to out: inout [UInt8]) {
+        var text = text
+        text.withUTF8 { out.append(contentsOf: $0) }
     }
 
     static func appendDecimal(_ value: Int, to out: inout [UInt8]) {

@@ -88,50 +88,57 @@ public struct Headers: Sendable {
     }
 
     /// True when a comma-separated list header of kind `known` contains `token` (case-insensitive).
-    public func listContains(_ known: KnownHeader, token: String) -> Bool {
-        containsListItem(in: { $0 == known }) { asciiEqualIgnoringCase($0, token.utf8) }
+    public func listContains(_ known: KnownHeader, token: StaticString) -> Bool {
+        containsListItem(in: { $0 == known }) { $0.equalsIgnoringCase(token) }
     }
 
     /// True when a Connection (or Proxy-Connection) header lists something besides `close` and
     /// `keep-alive`, which is how a sender names further fields hop-by-hop.
     var connectionNamesFields: Bool {
         containsListItem(in: Self.isConnection) { item in
-            !item.isEmpty && !asciiEqualIgnoringCase(item, "close".utf8) && !asciiEqualIgnoringCase(item, "keep-alive".utf8)
+            !item.isEmpty && !item.equalsIgnoringCase("close") && !item.equalsIgnoringCase("keep-alive")
         }
     }
 
     /// True when the Connection (or Proxy-Connection) header names `name` as an extra hop-by-hop
     /// field (RFC 9110 §7.6.1).
-    func isNamedByConnection(_ name: ArraySlice<UInt8>) -> Bool {
+    func isNamedByConnection(_ name: UnsafeRawBufferPointer) -> Bool {
         containsListItem(in: Self.isConnection) { asciiEqualIgnoringCase($0, name) }
     }
 
     private static func isConnection(_ known: KnownHeader) -> Bool { known == .connection || known == .proxyConnection }
 
     /// True when some item of a comma-separated field of a kind `isList` accepts satisfies `matches`.
-    private func containsListItem(in isList: (KnownHeader) -> Bool, where matches: (ArraySlice<UInt8>) -> Bool) -> Bool {
-        fields.contains { field in isList(field.known) && ListItems(value(field)).contains(where: matches) }
+    /// Items are read in place: slices of the head's array retained and released it per item.
+    private func containsListItem(in isList: (KnownHeader) -> Bool, where matches: (UnsafeRawBufferPointer) -> Bool) -> Bool {
+        bytes.withUnsafeBytes { raw in
+            for field in fields where isList(field.known) {
+                for item in ListItems(UnsafeRawBufferPointer(rebasing: raw[field.valueRange])) where matches(item) { return true }
+            }
+            return false
+        }
     }
 }
 
 /// The items of a comma-separated header value, OWS-trimmed, empty ones included (callers that
-/// must refuse them can), sliced in place without allocating.
+/// must refuse them can), as views into the value's bytes.
 struct ListItems: Sequence, IteratorProtocol {
-    private let list: ArraySlice<UInt8>
-    private var start: Int
+    private let list: UnsafeRawBufferPointer
+    private var start = 0
     private var done = false
 
-    init(_ list: ArraySlice<UInt8>) {
-        self.list = list
-        start = list.startIndex
-    }
+    init(_ list: UnsafeRawBufferPointer) { self.list = list }
 
-    mutating func next() -> ArraySlice<UInt8>? {
+    mutating func next() -> UnsafeRawBufferPointer? {
         guard !done else { return nil }
-        let end = list[start...].firstIndex(of: UInt8(ascii: ",")) ?? list.endIndex
-        done = end == list.endIndex
-        defer { start = end + 1 }
-        return list[start..<end].trimmingOWS()
+        var end = start
+        while end < list.count && list[end] != UInt8(ascii: ",") { end += 1 }
+        done = end == list.count
+        var lower = start, upper = end
+        while lower < upper && (list[lower] == 0x20 || list[lower] == 0x09) { lower += 1 }
+        while upper > lower && (list[upper - 1] == 0x20 || list[upper - 1] == 0x09) { upper -= 1 }
+        start = end + 1
+        return UnsafeRawBufferPointer(rebasing: list[lower..<upper])
     }
 }
 
@@ -155,11 +162,3 @@ extension UnsafeRawBufferPointer {
     }
 }
 
-extension ArraySlice<UInt8> {
-    func trimmingOWS() -> ArraySlice<UInt8> {
-        var slice = self
-        while let first = slice.first, first == 0x20 || first == 0x09 { slice = slice.dropFirst() }
-        while let last = slice.last, last == 0x20 || last == 0x09 { slice = slice.dropLast() }
-        return slice
-    }
-}

@@ -177,29 +177,33 @@ public enum HeadParser {
     /// Transfer-Encoding must be exactly one `chunked` coding; anything else is a smuggling vector.
     private static func onlyChunked(_ headers: Headers) -> Bool {
         var codings = 0
-        for field in headers.fields where field.known == .transferEncoding {
-            for coding in ListItems(headers.value(field)) {
-                codings += 1
-                if !asciiEqualIgnoringCase(coding, "chunked".utf8) { return false }
+        return headers.withUnsafeBytes { raw in
+            for field in headers.fields where field.known == .transferEncoding {
+                for coding in ListItems(UnsafeRawBufferPointer(rebasing: raw[field.valueRange])) {
+                    codings += 1
+                    if !coding.equalsIgnoringCase("chunked") { return false }
+                }
             }
+            return codings == 1
         }
-        return codings == 1
     }
 
     /// All Content-Length values (across fields and comma lists) must be equal decimal numbers.
     private static func contentLength(_ headers: Headers) throws(HTTPError) -> Int? {
         var result: Int?
-        for field in headers.fields where field.known == .contentLength {
-            // `1024, 1024` is allowed (equal repeats), an empty item is not.
-            for digits in ListItems(headers.value(field)) {
-                guard !digits.isEmpty, digits.count <= 18 else { throw .invalidContentLength }
-                var value = 0
-                for d in digits {
-                    guard d >= 0x30 && d <= 0x39 else { throw .invalidContentLength }
-                    value = value * 10 + Int(d - 0x30)
+        try withBytes(headers.bytes) { (raw) throws(HTTPError) in
+            for field in headers.fields where field.known == .contentLength {
+                // `1024, 1024` is allowed (equal repeats), an empty item is not.
+                for digits in ListItems(UnsafeRawBufferPointer(rebasing: raw[field.valueRange])) {
+                    guard !digits.isEmpty, digits.count <= 18 else { throw .invalidContentLength }
+                    var value = 0
+                    for d in digits {
+                        guard d >= 0x30 && d <= 0x39 else { throw .invalidContentLength }
+                        value = value * 10 + Int(d - 0x30)
+                    }
+                    if let result, result != value { throw .conflictingContentLength }
+                    result = value
                 }
-                if let result, result != value { throw .conflictingContentLength }
-                result = value
             }
         }
         return result
@@ -255,37 +259,47 @@ private struct Cursor {
     }
 
     /// Parses `name: value` lines up to the empty line, rejecting every ambiguity a smuggler uses.
+    /// One pass per line: the scanner guarantees the head ends in CRLF CRLF, so the name stops at
+    /// its colon or a byte no name may hold, and the value at its first control byte.
     mutating func headerFields(limit: Int) throws(HTTPError) -> ContiguousArray<HeaderField> {
         var fields = ContiguousArray<HeaderField>()
         // Most heads carry fewer: one allocation instead of growing 1, 2, 4, 8, 16.
         fields.reserveCapacity(16)
         while true {
-            let end = try lineEnd()
-            if end == position { return fields }
             let first = raw[position]
+            if first == 0x0D {
+                guard raw[position + 1] == 0x0A else { throw .invalidHeaderValue }
+                return fields
+            }
             if first == 0x20 || first == 0x09 { throw .obsoleteLineFolding }
             let nameStart = position
-            while position < end && raw[position] != UInt8(ascii: ":") {
+            while raw[position] != UInt8(ascii: ":") {
                 let b = raw[position]
                 if b == 0x20 || b == 0x09 { throw .whitespaceBeforeColon }
                 guard isTokenChar(b) else { throw .invalidHeaderName }
                 position += 1
             }
-            guard position < end, position > nameStart else { throw .invalidHeaderName }
+            guard position > nameStart else { throw .invalidHeaderName }
             let nameEnd = position
             position += 1
-            while position < end && (raw[position] == 0x20 || raw[position] == 0x09) { position += 1 }
+            while raw[position] == 0x20 || raw[position] == 0x09 { position += 1 }
             let valueStart = position
             // Eight bytes at a time while none is a control byte; a word holding one (a tab
-            // included) is checked byte by byte.
-            while position + 8 <= end && !hasControlByte(raw.loadUnaligned(fromByteOffset: position, as: UInt64.self)) {
+            // included) is checked byte by byte up to the line's CR.
+            while position + 8 <= raw.count && !hasControlByte(raw.loadUnaligned(fromByteOffset: position, as: UInt64.self)) {
                 position += 8
             }
-            while position < end {
+            while true {
                 let b = raw[position]
-                if b < 0x20 && b != 0x09 || b == 0x7F { throw .invalidHeaderValue }
-                position += 1
+                if b >= 0x20 && b != 0x7F || b == 0x09 {
+                    position += 1
+                } else if b == 0x0D && raw[position + 1] == 0x0A {
+                    break
+                } else {
+                    throw .invalidHeaderValue
+                }
             }
+            let end = position
             var valueEnd = end
             while valueEnd > valueStart && (raw[valueEnd - 1] == 0x20 || raw[valueEnd - 1] == 0x09) { valueEnd -= 1 }
             fields.append(HeaderField(

@@ -132,6 +132,37 @@ func benchRecords() {
 }
 
 /// CPU time of this thread, in seconds (the benchmarks are single-threaded).
+/// The proxy's per-request head work without I/O: parse the request head and write it
+/// upstream, parse the response head and write it toward the client (the heads of the
+/// namespace benchmarks' `/1k` exchange).
+func benchHeads() {
+    let requestBytes = Array("GET /1k HTTP/1.1\r\nHost: 203.0.113.10\r\nUser-Agent: agent/1.0\r\nAccept: */*\r\n\r\n".utf8)
+    let responseBytes = Array(("HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Wed, 25 Nov 2026 18:11:42 GMT\r\n" +
+                               "Content-Type: application/octet-stream\r\nContent-Length: 1024\r\nLast-Modified: Wed, 25 Nov 2026 18:10:00 GMT\r\n" +
+                               "Connection: keep-alive\r\nETag: \"6745a1b8-400\"\r\nAccept-Ranges: bytes\r\n\r\n").utf8)
+    let limits = HeadLimits()
+    let count = 1_000_000
+    var out: [UInt8] = []
+    out.reserveCapacity(1024)
+    var written = 0
+    let time = clockSeconds()
+    for _ in 0..<count {
+        let request = requestBytes.withUnsafeBytes { try! HeadParser.parseRequest($0, length: $0.count, limits: limits) }
+        out.removeAll(keepingCapacity: true)
+        HeadWriter.writeRequest(request, target: "/1k", addHost: nil, framing: request.framing, into: &out)
+        written &+= out.count
+        let response = responseBytes.withUnsafeBytes { try! HeadParser.parseResponse($0, length: $0.count, limits: limits, requestIsHead: false) }
+        out.removeAll(keepingCapacity: true)
+        HeadWriter.writeResponse(response, framing: response.framing, close: false, upgrade: false, into: &out)
+        written &+= out.count
+    }
+    let seconds = clockSeconds() - time
+    print("| stage | exchanges | thread CPU seconds | exchanges / s (one core) | ns per exchange |")
+    print("|---|---:|---:|---:|---:|")
+    print("| parse + write request head, parse + write response head | \(count) | \(fmt(seconds)) | \(Int(Double(count) / seconds)) | \(Int(seconds / Double(count) * 1e9)) |")
+    print("(\(requestBytes.count)-byte request head, \(responseBytes.count)-byte response head; \(written / count) bytes written per exchange)")
+}
+
 func clockSeconds() -> Double {
     var ts = timespec()
     clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts)
@@ -146,8 +177,9 @@ func fmt(_ value: Double) -> String {
 switch CommandLine.arguments.dropFirst().first {
 case "policy": benchPolicy()
 case "records": benchRecords()
+case "heads": benchHeads()
 default:
-    print("usage: tollgate-bench policy|records")
+    print("usage: tollgate-bench policy|records|heads")
 }
 
 import Glibc

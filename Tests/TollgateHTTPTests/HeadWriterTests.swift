@@ -32,4 +32,15 @@ import Testing
         HeadWriter.writeResponse(head, framing: .chunked, close: false, upgrade: false, into: &out)
         #expect(String(decoding: out, as: UTF8.self) == "HTTP/1.1 200 OK\r\nX: y\r\nTransfer-Encoding: chunked\r\nVia: 1.1 tollgate\r\n\r\n")
     }
+
+    /// Lines received as `Name: value` are copied in runs; any other spacing is normalised, and
+    /// dropped fields split the runs wherever they sit.
+    @Test func copiesWellFormedLinesAndNormalisesTheRest() throws {
+        let head = try parseResponse("HTTP/1.1 200 OK\r\nA: 1\r\nB:2\r\nC:   3  \r\nD: 4\r\nConnection: keep-alive, E\r\n"
+            + "E: 5\r\nF: 6\r\nG: \r\nH:\t7\r\nContent-Length: 0\r\nI: x\ty\r\n\r\n")
+        var out: [UInt8] = []
+        HeadWriter.writeResponse(head, framing: head.framing, close: false, upgrade: false, into: &out)
+        #expect(String(decoding: out, as: UTF8.self)
+            == "HTTP/1.1 200 OK\r\nA: 1\r\nB: 2\r\nC: 3\r\nD: 4\r\nF: 6\r\nG: \r\nH: 7\r\nContent-Length: 0\r\nI: x\ty\r\nVia: 1.1 tollgate\r\n\r\n")
+    }
 }
