@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# In-process benchmarks: `tollgate-bench policy` (issue 4) and `tollgate-bench records`
-# (issue 5). Their output is already markdown; this script adds the context and, with
+# In-process benchmarks: `tollgate-bench policy` (issue 4), `tollgate-bench records`
+# (issue 5) and `tollgate-bench heads` (the per-request head work behind issues 2 and 3). Their output is already markdown; this script adds the context and, with
 # --write-docs, puts it in docs/benchmarks.md. Needs no root and no namespaces.
 #
 #   bench/inprocess.sh [--write-docs] [--cpu N] [--bench PATH] [--wait-idle S]
@@ -60,10 +60,12 @@ run() {  # name -> $OUT/name.md; notes heavy processes seen while it ran
 
 run policy
 run records
+run heads
 # A line of text right after a table would be read as one more row: separate them.
 separate() { awk 'prev ~ /^\|/ && $0 !~ /^\|/ && $0 != "" {print ""} {print; prev = $0}' "$1"; }
 POLICY=$(separate "$OUT/policy.md")
 RECORDS=$(separate "$OUT/records.md")
+HEADS=$(separate "$OUT/heads.md")
 
 SECTION=$(
   echo "### Policy decisions (\`tollgate-bench policy\`)"
@@ -79,6 +81,12 @@ SECTION=$(
   echo "The record: a plain-HTTP request record with 5 request headers and the 9 response headers of an nginx \`/1k\` answer, its port, duration, timestamp and id varying per record (about 1.2 KB of JSON). The second row is the shipper's whole path without I/O: the loop's encoding and hand-off into the framed queue, CRC-32C sealing, the \`_bulk\` NDJSON built from those bytes, and gzip (Tollgate's own encoder: one hash probe per position, one fixed-Huffman block; about 32x on these records)."
   echo
   echo "$RECORDS"
+  echo
+  echo "### HTTP heads (\`tollgate-bench heads\`)"
+  echo
+  echo "What the proxy does with the heads of each plain-HTTP exchange of the keep-alive benchmarks, without I/O: parse and validate the request head (wrk's \`GET /1k\`, with a User-Agent and Accept), write it toward the origin, parse and validate nginx's 9-field \`/1k\` response head, and write it toward the client (hop-by-hop fields dropped, Content-Length rewritten, Via added)."
+  echo
+  echo "$HEADS"
 )
 echo "$SECTION"
 if [ "${#NOTES[@]}" -gt 0 ]; then
