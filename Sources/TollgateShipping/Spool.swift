@@ -462,13 +462,11 @@ public final class Spool: Sendable {
 
     /// The size of the valid entry at `offset`, or nil for a torn, corrupt or missing one.
     static func entrySize(_ bytes: UnsafeRawBufferPointer, at offset: Int) -> Int? {
-        guard bytes.count - offset >= headerSize + 8 + RecordID.hexCount, bytes[offset] == magic else { return nil }
-        let length = bodyLength(bytes, at: offset)
-        let start = offset + headerSize
-        guard length >= 8 + RecordID.hexCount, bytes.count - start >= length else { return nil }
+        guard let size = framedEntrySize(bytes, at: offset), bytes[offset] == magic,
+              size >= headerSize + 8 + RecordID.hexCount else { return nil }
         let crc = UInt32(littleEndian: bytes.loadUnaligned(fromByteOffset: offset + 8, as: UInt32.self))
-        guard tg_crc32c(bytes.baseAddress! + start, length) == crc else { return nil }
-        return headerSize + length
+        guard tg_crc32c(bytes.baseAddress! + offset + headerSize, size - headerSize) == crc else { return nil }
+        return size
     }
 }
 
