@@ -9,9 +9,12 @@ struct KeptUpstream {
     let key: PoolKey
     /// When its last exchange finished (loop nanoseconds).
     let since: UInt64
+}
 
-    /// Nothing unread and not closed: it can carry the next request.
-    var isClean: Bool { !connection.isClosed && !connection.peerClosed && connection.inbound.isEmpty }
+extension Connection {
+    /// Open both ways with nothing unread: it can carry another request (the one definition for
+    /// upstreams going back to the pool or kept by their session).
+    var canCarryAnotherRequest: Bool { !isClosed && !peerClosed && inbound.isEmpty }
 }
 
 /// The state of one HTTP request/response exchange: a class, so the session mutates it in
@@ -245,7 +248,7 @@ extension ClientSession {
 
     /// Clean, and idle for less than `upstream_idle` (as long as the pool would have kept it).
     private func isReusable(_ kept: KeptUpstream) -> Bool {
-        kept.isClean && worker.loop.now - kept.since < settings.timeouts.upstreamIdle
+        kept.connection.canCarryAnotherRequest && worker.loop.now - kept.since < settings.timeouts.upstreamIdle
     }
 
     /// Takes a pooled connection to `destination` or dials a new one (TLS when the agent's was
@@ -511,7 +514,7 @@ extension ClientSession {
                 settings.tls?.storeSession(from: tls, cacheKey: "\(key)")
             }
             let reusable = exchange.requestComplete && exchange.response?.keepAlive == true
-                && exchange.response?.framing != .untilClose && !upstream.peerClosed && upstream.inbound.isEmpty
+                && exchange.response?.framing != .untilClose && upstream.canCarryAnotherRequest
                 && !draining
             if !reusable {
                 upstream.close()
