@@ -45,9 +45,8 @@ static inline uint32_t load32(const unsigned char *p) { uint32_t v; memcpy(&v, p
 static inline uint64_t load64(const unsigned char *p) { uint64_t v; memcpy(&v, p, 8); return v; }
 static inline unsigned floor_log2(unsigned v) { return 31u - (unsigned)__builtin_clz(v); }
 
-long tg_gzip(const void *in, size_t len, void *out, size_t cap) {
-    if (cap < tg_gzip_bound(len) || len > 0xFFFFFFF0u) return -1;
-    const unsigned char *src = in;
+// One fixed-Huffman block of `len` bytes of `src`, matches reaching no further back than `src`.
+static void deflate_block(bit_writer *w, const unsigned char *src, size_t len, int final) {
     // The fixed code, bit-reversed because deflate sends Huffman codes most significant bit first.
     uint16_t literal_code[288];
     uint8_t literal_length[288];
@@ -60,11 +59,7 @@ long tg_gzip(const void *in, size_t len, void *out, size_t cap) {
         literal_code[s] = (uint16_t)reverse_bits(code, length);
         literal_length[s] = (uint8_t)length;
     }
-    static const unsigned char header[10] = {0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 4, 0xff};
-    memcpy(out, header, sizeof header);
-    bit_writer w = {.out = out, .at = sizeof header};
-    put_bits(&w, 1 | (1 << 1), 3);  // BFINAL, BTYPE 01 (fixed Huffman)
-
+    put_bits(w, (final ? 1 : 0) | (1 << 1), 3);  // BFINAL, BTYPE 01 (fixed Huffman)
     uint32_t head[1u << HASH_BITS];  // last position + 1 with this hash, 0 for none
     memset(head, 0, sizeof head);
     size_t pos = 0;
@@ -75,7 +70,7 @@ long tg_gzip(const void *in, size_t len, void *out, size_t cap) {
         size_t distance = pos + 1 - candidate;
         if (candidate == 0 || distance > WINDOW || load32(src + candidate - 1) != load32(src + pos)) {
             unsigned s = src[pos++];
-            put_bits(&w, literal_code[s], literal_length[s]);
+            put_bits(w, literal_code[s], literal_length[s]);
             continue;
         }
         const unsigned char *a = src + pos, *b = src + candidate - 1;
@@ -98,7 +93,7 @@ long tg_gzip(const void *in, size_t len, void *out, size_t cap) {
             extra_bits = nb - 2;
             extra = l & ((1u << extra_bits) - 1);
         }
-        put_bits(&w, literal_code[symbol] | (extra << literal_length[symbol]), literal_length[symbol] + extra_bits);
+        put_bits(w, literal_code[symbol] | (extra << literal_length[symbol]), literal_length[symbol] + extra_bits);
         // Distance: codes 0..29 in five fixed bits with 0..13 extra bits.
         unsigned d = (unsigned)distance - 1, code;
         if (d < 4) { code = d; extra_bits = 0; extra = 0; }
@@ -108,19 +103,48 @@ long tg_gzip(const void *in, size_t len, void *out, size_t cap) {
             extra_bits = nb - 1;
             extra = d & ((1u << extra_bits) - 1);
         }
-        put_bits(&w, reverse_bits(code, 5) | (extra << 5), 5 + extra_bits);
+        put_bits(w, reverse_bits(code, 5) | (extra << 5), 5 + extra_bits);
         pos += length;
     }
     while (pos < len) {
         unsigned s = src[pos++];
-        put_bits(&w, literal_code[s], literal_length[s]);
+        put_bits(w, literal_code[s], literal_length[s]);
     }
-    put_bits(&w, literal_code[256], literal_length[256]);
-    memcpy(w.out + w.at, &w.bits, 8);
-    w.at += (w.count + 7) / 8;
+    put_bits(w, literal_code[256], literal_length[256]);
+}
+
+// Writes the bits still held, padding the last byte with zeros; returns the size.
+static size_t flush_bits(bit_writer *w) {
+    memcpy(w->out + w->at, &w->bits, 8);
+    w->at += (w->count + 7) / 8;
+    w->bits = 0;
+    w->count = 0;
+    return w->at;
+}
+
+long tg_gzip(const void *in, size_t len, void *out, size_t cap) {
+    if (cap < tg_gzip_bound(len) || len > 0xFFFFFFF0u) return -1;
+    static const unsigned char header[10] = {0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 4, 0xff};
+    memcpy(out, header, sizeof header);
+    bit_writer w = {.out = out, .at = sizeof header};
+    deflate_block(&w, in, len, 1);
+    flush_bits(&w);
     uint32_t trailer[2] = {tg_crc32(0, in, len), (uint32_t)len};  // little-endian hosts
     memcpy(w.out + w.at, trailer, 8);
     return (long)(w.at + 8);
+}
+
+long tg_deflate_chunk(const void *in, size_t len, void *out, size_t cap) {
+    if (cap < tg_gzip_bound(len) || len > 0xFFFFFFF0u) return -1;
+    bit_writer w = {.out = out};
+    deflate_block(&w, in, len, 0);
+    // A sync flush: an empty stored block ends the chunk on a byte boundary (RFC 1951 §3.2.4),
+    // so chunks can be laid one after another in a stream.
+    put_bits(&w, 0, 3);
+    flush_bits(&w);
+    static const unsigned char empty_stored[4] = {0, 0, 0xff, 0xff};
+    memcpy(w.out + w.at, empty_stored, 4);
+    return (long)(w.at + 4);
 }
 
 // Every byte as a 9-bit literal at worst, plus header, trailer and the writer's 8-byte stores.
@@ -138,6 +162,25 @@ long tg_gunzip(const void *in, size_t len, void *out, size_t cap) {
     long produced = (long)zs.total_out;
     inflateEnd(&zs);
     return rc == Z_STREAM_END ? produced : -1;
+}
+
+long tg_inflate_chunk(const void *in, size_t len, void *out, size_t cap) {
+    z_stream zs;
+    memset(&zs, 0, sizeof zs);
+    if (inflateInit2(&zs, -15) != Z_OK) return -1;
+    zs.next_in = (Bytef *)in;
+    zs.avail_in = (uInt)len;
+    zs.next_out = out;
+    zs.avail_out = (uInt)cap;
+    int rc = inflate(&zs, Z_SYNC_FLUSH);
+    long produced = (long)zs.total_out;
+    int consumed = zs.avail_in == 0;
+    inflateEnd(&zs);
+    return (rc == Z_OK || rc == Z_STREAM_END) && consumed ? produced : -1;
+}
+
+uint32_t tg_crc32_combine(uint32_t first, uint32_t second, size_t second_length) {
+    return (uint32_t)crc32_combine(first, second, (z_off_t)second_length);
 }
 
 int tg_gzip_file(const char *source, const char *destination) {

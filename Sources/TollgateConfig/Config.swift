@@ -225,7 +225,16 @@ public struct Config: Sendable {
                     }
                     return url.hasSuffix("/") ? String(url.dropLast()) : url
                 }
-            case "index": es.index = item.string(errors: &errors, context: context) ?? es.index
+            case "index":
+                guard let index = item.string(errors: &errors, context: context) else { break }
+                // Elasticsearch's own rules, checked here so a bad name is a start-up error, not
+                // every record dead-lettered; the daily suffix keeps the whole name within 255 bytes.
+                if index.isEmpty || index.utf8.count > 240 || index != index.lowercased() || index.hasPrefix("-") || index.hasPrefix("_")
+                    || index.hasPrefix("+") || index.contains(where: { "\\/*?\"<>| ,#:".contains($0) }) {
+                    errors.append(item.error("\(context): '\(index)' is not a valid Elasticsearch index name (lower case, no spaces or \\/*?\"<>|,#:, not starting with -, _ or +)"))
+                } else {
+                    es.index = index
+                }
             case "username": es.username = item.string(errors: &errors, context: context)
             case "password": es.password = item.string(errors: &errors, context: context)
             case "api_key": es.apiKey = item.string(errors: &errors, context: context)
@@ -234,7 +243,7 @@ public struct Config: Sendable {
             case "batch_bytes": es.batchBytes = item.int(errors: &errors, context: context, range: 1024...(512 << 20)) ?? es.batchBytes
             case "flush_interval": es.flushInterval = item.duration(errors: &errors, context: context) ?? es.flushInterval
             case "spool": es.spool = item.string(errors: &errors, context: context) ?? ""; sawSpool = true
-            case "spool_bytes": es.spoolBytes = item.int(errors: &errors, context: context, range: 1 << 20...(1 << 50)) ?? es.spoolBytes
+            case "spool_bytes": es.spoolBytes = item.int(errors: &errors, context: context, range: 1 << 16...(1 << 50)) ?? es.spoolBytes
             case "on_spool_full":
                 switch item.string(errors: &errors, context: context) {
                 case "drop_newest": es.failClosed = false

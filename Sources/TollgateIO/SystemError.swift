@@ -47,12 +47,17 @@ func syscall<T: BinaryInteger>(_ call: String = #function, _ body: () -> T) thro
     }
 }
 
-/// Writes the first `count` bytes of `bytes` (all by default) to `fd`, resuming after short
-/// writes (files: the spool, the flow log, dead letters).
-public func writeAll(_ fd: CInt, _ bytes: [UInt8], count: Int? = nil) throws(SystemError) {
-    let total = count ?? bytes.count
+/// Writes all of `bytes` to `fd`, resuming after short writes (files: the spool, the flow log,
+/// dead letters).
+public func writeAll(_ fd: CInt, _ bytes: UnsafeRawBufferPointer) throws(SystemError) {
     var offset = 0
-    while offset < total {
-        offset += try syscall("write") { bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress! + offset, total - offset) } }
+    while offset < bytes.count {
+        offset += try syscall("write") { Glibc.write(fd, bytes.baseAddress! + offset, bytes.count - offset) }
     }
+}
+
+/// Writes all of `bytes` to `fd`, resuming after short writes.
+public func writeAll(_ fd: CInt, _ bytes: [UInt8]) throws(SystemError) {
+    // withUnsafeBytes rethrows untyped errors: the typed one travels out in a Result.
+    try bytes.withUnsafeBytes { raw in Result { () throws(SystemError) in try writeAll(fd, raw) } }.get()
 }

@@ -7,8 +7,9 @@ import TollgateConfig
 import TollgateIO
 
 /// Ships flow records to Elasticsearch without ever blocking an event loop and without losing
-/// them: loops hand records to a bounded queue; a spool thread writes them to the disk spool;
-/// a sender thread reads the spool in order, sends compressed `_bulk` batches, classifies every
+/// them: loops hand records to a bounded queue as `_bulk` lines; a spool thread compresses what
+/// is queued into entries of the disk spool; a sender thread reads the spool in order, sends
+/// batches of entries joined into one gzip `_bulk` body, classifies every
 /// item, retries what is retryable with capped backoff, dead-letters what never will succeed,
 /// and acknowledges (deletes) spool segments only behind delivered records.
 public final class Shipper: Sendable {
@@ -32,7 +33,7 @@ public final class Shipper: Sendable {
     private let settings: ElasticsearchSettings
     private let nodes: [Node]
     private let spool: Spool
-    private let queue = Mutex(FramedRecords())
+    private let queue: Mutex<BulkRecords>
     fileprivate let counters = Mutex(Counters())
     private let refusing = Atomic<Bool>(false)
     private let stopping = Atomic<Bool>(false)
@@ -43,17 +44,18 @@ public final class Shipper: Sendable {
     public init(settings: ElasticsearchSettings) throws(SystemError) {
         self.settings = settings
         nodes = settings.urls.compactMap(Node.init(url:))
+        queue = Mutex(BulkRecords(index: settings.index))
         spool = try Spool(directory: settings.spool)
-        if spool.unacknowledgedRecords > 0 {
-            Log.info("elasticsearch spool: \(spool.unacknowledgedRecords) record(s) from an earlier run will be delivered")
+        if spool.unacknowledged.records > 0 {
+            Log.info("elasticsearch spool: \(spool.unacknowledged.records) record(s) from an earlier run will be delivered")
         }
     }
 
     /// True while `on_spool_full: fail_closed` refuses new connections.
     public var isRefusingConnections: Bool { refusing.load(ordering: .relaxed) }
 
-    /// Called on an event loop: copies the document into the hand-off buffer and returns; never
-    /// waits beyond that short critical section.
+    /// Called on an event loop: copies the document, after its `create` action, into the
+    /// hand-off buffer and returns; never waits beyond that short critical section.
     public func submit(timestampMilliseconds: Int64, id: RecordID, document: UnsafeRawBufferPointer) {
         let accepted = queue.withLock { queue -> Bool in
             guard queue.bytes.count + document.count <= Self.queueBytes else { return false }
@@ -66,7 +68,7 @@ public final class Shipper: Sendable {
     public var statistics: Statistics {
         let queued = queue.withLock { $0.count }
         let counts = counters.withLock { $0 }
-        return Statistics(queued: queued + spool.unacknowledgedRecords, shipped: counts.shipped, retried: counts.retried,
+        return Statistics(queued: queued + spool.unacknowledged.records, shipped: counts.shipped, retried: counts.retried,
                           deadLettered: counts.deadLettered, dropped: counts.dropped, spoolBytes: spool.totalBytes,
                           secondsSinceSuccess: counts.lastSuccess == 0 ? -1 : Double(monotonicNanoseconds() - counts.lastSuccess) / 1e9)
     }
@@ -76,6 +78,8 @@ public final class Shipper: Sendable {
         startThread(name: "tollgate-spool", background: true) { [self] in runSpoolWriter(); running.subtract(1, ordering: .releasing) }
         startThread(name: "tollgate-ship", background: true) { [self] in runSender(); running.subtract(1, ordering: .releasing) }
     }
+
+    fileprivate var isStopping: Bool { stopping.load(ordering: .acquiring) }
 
     /// Moves what is queued to disk and stops; unsent records are delivered by the next run.
     public func stop(timeout: UInt64 = 5_000_000_000) {
@@ -90,40 +94,39 @@ public final class Shipper: Sendable {
         var lastSync = monotonicNanoseconds()
         var reportedFull = false
         // Swapped with the queue each round, so neither buffer is reallocated in the steady state.
-        var batch = FramedRecords()
+        var batch = BulkRecords(index: settings.index)
+        var entry = SpoolEntryBuilder()
         while true {
             let done = stopping.load(ordering: .acquiring)
             queue.withLock { swap(&$0, &batch) }
             let wroteNothing = batch.count == 0
             if !wroteNothing {
-                batch.seal()
-                let (fitBytes, fits) = batch.prefix(upToBytes: settings.spoolBytes - spool.totalBytes)
-                do {
-                    try spool.append(batch, byteCount: fitBytes, records: fits)
-                } catch {
-                    // Disk full or broken: keep what we have in memory and try again shortly.
-                    Log.error("elasticsearch spool \(settings.spool): \(error); records are held in memory")
-                    requeue(&batch)
-                    usleep(200_000)
-                    continue
-                }
-                if fits < batch.count {
+                switch spoolAll(batch, using: &entry) {
+                case .written:
+                    if refusing.load(ordering: .relaxed) || reportedFull {
+                        refusing.store(false, ordering: .releasing)
+                        reportedFull = false
+                        Log.info("elasticsearch spool has room again")
+                    }
+                case .full(let first):
                     if settings.failClosed {
-                        batch.removeFirst(bytes: fitBytes, records: fits)
-                        requeue(&batch)
+                        requeue(batch, from: first)
                         refusing.store(true, ordering: .releasing)
                     } else {
-                        counters.withLock { $0.dropped += batch.count - fits }
+                        counters.withLock { $0.dropped += batch.count - first }
                     }
                     if !reportedFull {
                         Log.error("elasticsearch spool is full (\(settings.spoolBytes) bytes): " +
                                   (settings.failClosed ? "refusing new connections" : "dropping the newest records (counted)"))
                         reportedFull = true
                     }
-                } else if refusing.load(ordering: .relaxed) || reportedFull {
-                    refusing.store(false, ordering: .releasing)
-                    reportedFull = false
-                    Log.info("elasticsearch spool has room again")
+                case .failed(let first, let error):
+                    // Disk full or broken: keep what we have in memory and try again shortly.
+                    Log.error("elasticsearch spool \(settings.spool): \(error); records are held in memory")
+                    requeue(batch, from: first)
+                    batch.removeAll()
+                    usleep(200_000)
+                    continue
                 }
                 batch.removeAll()
             } else if refusing.load(ordering: .relaxed) && spool.totalBytes < settings.spoolBytes * 9 / 10 {
@@ -139,10 +142,34 @@ public final class Shipper: Sendable {
         }
     }
 
+    private enum SpoolOutcome {
+        case written
+        /// The spool's size limit was reached at record `first`.
+        case full(first: Int)
+        /// Writing failed at record `first`.
+        case failed(first: Int, SystemError)
+    }
+
+    /// Writes `batch` as entries of at most a `_bulk` batch each, so the sender's batches are
+    /// whole entries.
+    private func spoolAll(_ batch: BulkRecords, using entry: inout SpoolEntryBuilder) -> SpoolOutcome {
+        var first = 0
+        while first < batch.count {
+            let records = batch.prefix(from: first, maxRecords: settings.batchRecords, maxBytes: settings.batchBytes)
+            guard entry.build(batch, records) else {
+                return .failed(first: first, SystemError(call: "compress", errno: Errno(rawValue: EOVERFLOW)))
+            }
+            if spool.totalBytes + entry.size > settings.spoolBytes { return .full(first: first) }
+            let written = entry.withEntry { bytes in Result { () throws(SystemError) in try spool.append(entry: bytes) } }
+            if case .failure(let error) = written { return .failed(first: first, error) }
+            first = records.upperBound
+        }
+        return .written
+    }
+
     /// Puts records that could not be written back in front of the queue, in order.
-    private func requeue(_ records: inout FramedRecords) {
-        queue.withLock { $0.prepend(records) }
-        records.removeAll()
+    private func requeue(_ records: BulkRecords, from first: Int) {
+        queue.withLock { $0.prepend(records, from: first) }
     }
 
     // MARK: Sender
@@ -164,14 +191,15 @@ public final class Shipper: Sendable {
             // decided from the spool's counts, so a batch is read (and checksummed) once.
             let now = monotonicNanoseconds()
             if waitingSince == nil { waitingSince = now }
-            let full = spool.unacknowledgedRecords >= settings.batchRecords || spool.bytes(after: cursor) >= settings.batchBytes
+            let waiting = spool.unacknowledged
+            let full = waiting.records >= settings.batchRecords || waiting.plainBytes >= settings.batchBytes
             if !full && now - waitingSince! < settings.flushInterval { usleep(20_000); continue }
             let (batch, next) = spool.read(from: cursor, maxRecords: settings.batchRecords, maxBytes: settings.batchBytes,
                                            reusing: &storage)
             if batch.count == 0 { cursor = next; continue }
-            guard sender.deliver(batch, Array(0..<batch.count), stopping: stopping) else { return }
+            guard sender.deliver(batch) else { return }
             cursor = next
-            spool.acknowledge(upTo: next, records: batch.count)
+            spool.acknowledge(batch, upTo: next)
             storage = batch.bytes  // unshared once this batch goes: the next read reuses it
             waitingSince = nil
         }
@@ -186,7 +214,7 @@ private struct Sender {
     let client: HTTPClient
     var nodeIndex = 0
     var failures = 0
-    var encoder: BulkEncoder
+    var bodies = BulkBody()
     /// The compressed bulk body, its memory reused from batch to batch.
     var body: [UInt8] = []
 
@@ -195,30 +223,51 @@ private struct Sender {
         self.settings = settings
         self.nodes = nodes
         self.client = client
-        encoder = BulkEncoder(index: settings.index)
     }
 
     /// Runs `body` on the shipper's counters.
     private func count(_ body: (inout Shipper.Counters) -> Void) { shipper.counters.withLock { body(&$0) } }
 
-    /// Returns once every record of `batch` at `indices` is delivered or dead-lettered; false
-    /// only when stopping.
-    mutating func deliver(_ batch: SpoolBatch, _ indices: [Int], stopping: borrowing Atomic<Bool>) -> Bool {
+    /// Returns once every record of `batch` is delivered or dead-lettered; false only when
+    /// stopping. The batch goes as its spooled chunks joined; only when some of its records need
+    /// sending again or dead-lettering are they decompressed.
+    mutating func deliver(_ batch: SpoolBatch) -> Bool {
+        bodies.join(batch, into: &body)
+        var records: BulkRecords?
+        var tried = false
+        let decompressed = { () -> BulkRecords? in
+            if !tried {
+                tried = true
+                records = batch.records()
+                if records == nil { Log.error("elasticsearch spool: a batch of \(batch.count) record(s) does not decompress") }
+            }
+            return records
+        }
+        return deliver(Array(0..<batch.count), encoded: true, of: decompressed)
+    }
+
+    /// Sends the records at `indices` until each is settled. `encoded`: `body` holds them
+    /// already; `records` gives the batch's records decompressed, for subsets and dead letters.
+    private mutating func deliver(_ indices: [Int], encoded: Bool, of records: () -> BulkRecords?) -> Bool {
         var pending = indices
-        var encodedCount = -1
-        var compressed = true
+        var encodedCount = encoded ? pending.count : -1
+        var gzipped = true
         while !pending.isEmpty {
-            if stopping.load(ordering: .acquiring) { return false }
+            if shipper.isStopping { return false }
             let node = nodes[nodeIndex % nodes.count]
-            // Encoding and compressing is the costly part: retries of the same records reuse it.
+            // Compressing is the costly part: retries of the same records reuse the body.
             if encodedCount != pending.count {
-                compressed = encoder.encode(batch, pending, into: &body)
+                guard let all = records() else {
+                    for index in pending { deadLetter(nil, index, status: 0, type: "spool_corrupt", reason: "") }
+                    return true
+                }
+                gzipped = bodies.compress(all, pending, into: &body)
                 encodedCount = pending.count
             }
             let outcome: Result<(status: Int, body: [UInt8]), ClientError>
             do {
                 outcome = .success(try client.send(node: node, index: nodeIndex % nodes.count, method: "POST", path: "/_bulk",
-                                                   headers: headers(gzip: compressed), body: body, timeout: settings.requestTimeout))
+                                                   headers: headers(gzip: gzipped), body: body, timeout: settings.requestTimeout))
             } catch {
                 outcome = .failure(error)
             }
@@ -228,19 +277,19 @@ private struct Sender {
             case .success(let response) where response.status == 413:
                 // Too large for the node: halves go separately (a single record too large is dead).
                 if pending.count == 1 {
-                    deadLetter(batch, pending[0], status: 413, type: "request_entity_too_large", reason: "a single record exceeds the node's limit")
+                    deadLetter(records(), pending[0], status: 413, type: "request_entity_too_large", reason: "a single record exceeds the node's limit")
                     return true
                 }
                 let half = pending.count / 2
-                guard deliver(batch, Array(pending[..<half]), stopping: stopping) else { return false }
-                return deliver(batch, Array(pending[half...]), stopping: stopping)
+                guard deliver(Array(pending[..<half]), encoded: false, of: records) else { return false }
+                return deliver(Array(pending[half...]), encoded: false, of: records)
             case .success(let response) where response.status == 429 || response.status >= 500:
                 retryWhole(pending.count, because: "\(node): HTTP \(response.status)")
             case .success(let response) where response.status >= 300:
                 if response.status == 400 {
                     // The node refused the request as a whole: no retry can fix it.
                     let reason = String(decoding: response.body.prefix(300), as: UTF8.self)
-                    for index in pending { deadLetter(batch, index, status: 400, type: "bulk_request_rejected", reason: reason) }
+                    for index in pending { deadLetter(records(), index, status: 400, type: "bulk_request_rejected", reason: reason) }
                     return true
                 }
                 retryWhole(pending.count, because: "\(node): HTTP \(response.status) (check credentials and URL)")
@@ -263,7 +312,7 @@ private struct Sender {
                     switch item.status {
                     case 200..<300, 409: delivered += 1
                     case 429, 500...: retry.append(index)
-                    default: deadLetter(batch, index, status: item.status, type: item.errorType ?? "rejected", reason: item.errorReason ?? "")
+                    default: deadLetter(records(), index, status: item.status, type: item.errorType ?? "rejected", reason: item.errorReason ?? "")
                     }
                 }
                 count { counters in
@@ -301,19 +350,24 @@ private struct Sender {
         return list + authorizationHeader(settings)
     }
 
-    private mutating func deadLetter(_ batch: SpoolBatch, _ index: Int, status: Int, type: String, reason: String) {
-        let id = String(decoding: batch.id(at: index), as: UTF8.self)
+    /// Writes the record to `<spool>/dead-letter.ndjson` with the reason; without `records`
+    /// (a chunk that does not decompress) it can only be counted.
+    private func deadLetter(_ records: BulkRecords?, _ index: Int, status: Int, type: String, reason: String) {
+        count { $0.deadLettered += 1 }
+        guard let records else { return }
+        let (action, document) = records.lines(index)
+        let target = BulkRecords.target(ofAction: action)
         var line = JSONWriter()
         line.beginObject()
-        line.field("_id", id)
-        line.field("_index", encoder.indexName(batch.timestampMilliseconds(at: index)))
+        line.field("_id", target.id)
+        line.field("_index", target.index)
         line.field("status", status)
         line.object("error") { w in
             w.field("type", type)
             w.field("reason", reason)
         }
         line.key("document")
-        batch.document(at: index).withUnsafeBytes { line.rawJSON($0) }
+        document.withUnsafeBytes { line.rawJSON($0) }
         line.endObject()
         line.newline()
         let fd = open(settings.spool + "/dead-letter.ndjson", O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o600)
@@ -321,8 +375,7 @@ private struct Sender {
             _ = try? writeAll(fd, line.bytes)
             close(fd)
         }
-        count { $0.deadLettered += 1 }
-        Log.warning("elasticsearch refused record \(id) (\(status) \(type)): dead-lettered")
+        Log.warning("elasticsearch refused record \(target.id) (\(status) \(type)): dead-lettered")
     }
 }
 
@@ -351,56 +404,45 @@ func base64(_ bytes: [UInt8]) -> String {
     return String(decoding: out, as: UTF8.self)
 }
 
-/// Builds gzip-compressed `_bulk` bodies straight from spooled bytes: a `create` action with
-/// the record's own `_id` and its daily index, then the document, each line ending in a newline.
-public struct BulkEncoder {
-    let index: String
-    /// Per day: the index name and the action line's start naming it.
-    private var days: [Int: (indexName: String, actionPrefix: [UInt8])] = [:]
-    private var ndjson: [UInt8] = []
+/// Builds gzip `_bulk` bodies: a batch's spooled chunks joined into one stream as they are, or
+/// chosen records compressed anew (item retries, the halves of a batch too large).
+public struct BulkBody {
+    private var lines: [UInt8] = []
     private var compressed: [UInt8] = []
 
-    public init(index: String) { self.index = index }
+    public init() {}
 
-    /// The `_bulk` body for the records of `batch` at `indices`, in `body`: gzip-compressed
-    /// (true), or plain if zlib could not allocate its state (false).
-    @discardableResult
-    public mutating func encode(_ batch: SpoolBatch, _ indices: [Int], into body: inout [UInt8]) -> Bool {
-        ndjson.removeAll(keepingCapacity: true)
-        let suffix = Array("\"}}\n".utf8)
-        for index in indices {
-            ndjson.append(contentsOf: day(batch.timestampMilliseconds(at: index)).actionPrefix)
-            ndjson.append(contentsOf: batch.bytes[batch.idRange(index)])
-            ndjson.append(contentsOf: suffix)
-            ndjson.append(contentsOf: batch.bytes[batch.documentRange(index)])
-            ndjson.append(0x0A)
+    /// The whole batch: a gzip header, the chunks, an empty final block and the trailer (the
+    /// CRC-32 of the chunks' plain lines, combined from theirs).
+    public mutating func join(_ batch: SpoolBatch, into body: inout [UInt8]) {
+        body.removeAll(keepingCapacity: true)
+        body.append(contentsOf: [0x1F, 0x8B, 8, 0, 0, 0, 0, 0, 4, 0xFF])
+        var crc: UInt32 = 0
+        for chunk in batch.chunks {
+            body.append(contentsOf: batch.bytes[chunk.range])
+            crc = tg_crc32_combine(crc, chunk.plainCRC, chunk.plainLength)
         }
-        let bound = tg_gzip_bound(ndjson.count)
-        // Only grown, never refilled with zeros: a fresh worst-case-sized body per batch cost
-        // more than compressing into it.
+        body.append(contentsOf: [0x03, 0x00])  // BFINAL, fixed Huffman, end of block
+        withUnsafeBytes(of: crc.littleEndian) { body.append(contentsOf: $0) }
+        withUnsafeBytes(of: UInt32(truncatingIfNeeded: batch.plainBytes).littleEndian) { body.append(contentsOf: $0) }
+    }
+
+    /// The records at `indices`, gzip-compressed (true), or plain if they are too large for
+    /// the encoder (false).
+    @discardableResult
+    mutating func compress(_ records: BulkRecords, _ indices: [Int], into body: inout [UInt8]) -> Bool {
+        lines.removeAll(keepingCapacity: true)
+        for index in indices { lines.append(contentsOf: records.bytes[records.byteRange(index..<(index + 1))]) }
+        let bound = tg_gzip_bound(lines.count)
+        // Only grown, never refilled with zeros.
         if compressed.count < bound { compressed.append(contentsOf: repeatElement(0, count: bound - compressed.count)) }
-        let size = ndjson.withUnsafeBytes { input in compressed.withUnsafeMutableBytes { tg_gzip(input.baseAddress, input.count, $0.baseAddress, bound) } }
+        let size = lines.withUnsafeBytes { input in compressed.withUnsafeMutableBytes { tg_gzip(input.baseAddress, input.count, $0.baseAddress, bound) } }
         body.removeAll(keepingCapacity: true)
         guard size > 0 else {
-            body.append(contentsOf: ndjson)
+            body.append(contentsOf: lines)
             return false
         }
         body.append(contentsOf: compressed[..<size])
         return true
-    }
-
-    /// `<index>-YYYY.MM.DD` in UTC, from the record's own timestamp.
-    mutating func indexName(_ milliseconds: Int64) -> String { day(milliseconds).indexName }
-
-    /// The record's day: its index name and `{"create":{"_index":"<name>","_id":"`.
-    private mutating func day(_ milliseconds: Int64) -> (indexName: String, actionPrefix: [UInt8]) {
-        let day = Int(milliseconds / 86_400_000)
-        if let cached = days[day] { return cached }
-        let (year, month, dayOfMonth) = civilDate(daysSinceEpoch: day)
-        func two(_ n: Int) -> String { n < 10 ? "0\(n)" : "\(n)" }
-        let name = "\(index)-\(year).\(two(month)).\(two(dayOfMonth))"
-        let entry = (indexName: name, actionPrefix: Array("{\"create\":{\"_index\":\"\(name)\",\"_id\":\"".utf8))
-        days[day] = entry
-        return entry
     }
 }

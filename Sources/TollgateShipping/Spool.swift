@@ -36,119 +36,217 @@ public struct RecordID: Sendable, Equatable {
     }
 }
 
-/// Records framed as spool entries, back to back: what the loops hand to the shipper (one
-/// copy of the document each, no per-record objects) and what the spool writes in one go.
-/// Entry: magic, 3 reserved bytes, body length (u32 LE), CRC-32C of the body (u32 LE); body:
-/// timestamp in Unix milliseconds (i64 LE), the 32-character id, the ECS document.
-public struct FramedRecords: Sendable {
+/// Records as the lines of a `_bulk` body: per record a `create` action naming its daily index
+/// and `_id`, then the document, each line ending in a newline. The loops hand records over in
+/// this form (one copy of the document each, no per-record objects), the spool writer compresses
+/// these bytes as they are, and item-level retries read them back decompressed.
+public struct BulkRecords: Sendable {
     public private(set) var bytes: [UInt8] = []
-    public private(set) var count = 0
-    /// Entries up to here carry their CRC; the rest get it from `seal()`, off the loops.
-    private var sealedBytes = 0
+    /// Where each record's two lines end in `bytes`.
+    private var ends: [Int] = []
+    private var dailyIndex: DailyIndex
 
-    public init() {}
+    /// `index` is the configured name; records go to `<index>-YYYY.MM.DD` by their timestamp.
+    public init(index: String) { dailyIndex = DailyIndex(base: index) }
+
+    /// Lines read back from a spool chunk (records are line pairs); nil if they are not.
+    init?(lines: [UInt8]) {
+        dailyIndex = DailyIndex(base: "")
+        bytes = lines
+        var newlines = 0
+        for (offset, byte) in lines.enumerated() where byte == 0x0A {
+            newlines += 1
+            if newlines % 2 == 0 { ends.append(offset + 1) }
+        }
+        guard newlines % 2 == 0, lines.last == 0x0A || lines.isEmpty else { return nil }
+    }
+
+    public var count: Int { ends.count }
 
     public mutating func append(timestampMilliseconds: Int64, id: RecordID, document: UnsafeRawBufferPointer) {
-        let bodyLength = 8 + RecordID.hexCount + document.count
-        // Header and the body's fixed part are built on the stack, then appended with the
-        // document: no zero-filling of bytes about to be overwritten.
-        var fixed: (UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0, 0, 0, 0)
+        dailyIndex.appendActionStart(for: timestampMilliseconds, to: &bytes)
+        // The id and the action's end are built on the stack and appended with the document:
+        // no zero-filling of bytes about to be overwritten.
+        var fixed: (UInt64, UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0, 0)
         withUnsafeMutableBytes(of: &fixed) { raw in
-            raw.storeBytes(of: Spool.magic, as: UInt8.self)
-            raw.storeBytes(of: UInt32(bodyLength).littleEndian, toByteOffset: 4, as: UInt32.self)
-            raw.storeBytes(of: timestampMilliseconds.littleEndian, toByteOffset: Spool.headerSize, as: Int64.self)
-            id.writeHex(to: (raw.baseAddress! + Spool.headerSize + 8).assumingMemoryBound(to: UInt8.self))
-            bytes.append(contentsOf: UnsafeRawBufferPointer(rebasing: raw[..<(Spool.headerSize + 8 + RecordID.hexCount)]))
+            id.writeHex(to: raw.baseAddress!.assumingMemoryBound(to: UInt8.self))
+            raw.storeBytes(of: UInt32(littleEndian: 0x0A7D_7D22), toByteOffset: RecordID.hexCount, as: UInt32.self)  // "}}\n
+            bytes.append(contentsOf: UnsafeRawBufferPointer(rebasing: raw[..<(RecordID.hexCount + 4)]))
         }
         bytes.append(contentsOf: document)
-        count += 1
+        bytes.append(0x0A)
+        ends.append(bytes.count)
     }
 
-    /// Computes the CRCs of entries appended since the last call.
-    public mutating func seal() {
-        let start = sealedBytes
-        sealedBytes = bytes.withUnsafeMutableBytes { raw in
-            Spool.forEachEntry(in: UnsafeRawBufferPointer(raw), from: start) { offset, length in
-                let crc = tg_crc32c(raw.baseAddress! + offset + Spool.headerSize, length)
-                raw.storeBytes(of: crc.littleEndian, toByteOffset: offset + 8, as: UInt32.self)
-                return true
-            }
-        }
+    /// The bytes of records `range`.
+    func byteRange(_ range: Range<Int>) -> Range<Int> {
+        (range.lowerBound == 0 ? 0 : ends[range.lowerBound - 1])..<(range.isEmpty ? 0 : ends[range.upperBound - 1])
     }
 
-    /// The leading entries that fit in `limit` bytes: their size and number.
-    public func prefix(upToBytes limit: Int) -> (bytes: Int, records: Int) {
-        var records = 0
-        let end = bytes.withUnsafeBytes { raw in
-            Spool.forEachEntry(in: raw) { offset, length in
-                guard offset + Spool.headerSize + length <= limit else { return false }
-                records += 1
-                return true
-            }
-        }
-        return (end, records)
+    /// The records from the first on that fit in `maxRecords` and `maxBytes` (at least one).
+    func prefix(from first: Int, maxRecords: Int, maxBytes: Int) -> Range<Int> {
+        let start = first == 0 ? 0 : ends[first - 1]
+        var last = first + 1
+        while last < min(count, first + maxRecords) && ends[last] - start <= maxBytes { last += 1 }
+        return first..<min(last, count)
     }
 
-    /// Drops the leading `records` entries (`bytes` long, as `prefix` measured them).
-    public mutating func removeFirst(bytes byteCount: Int, records: Int) {
-        bytes.removeFirst(byteCount)
-        count -= records
-        sealedBytes = max(0, sealedBytes - byteCount)
-    }
-
-    /// Puts `earlier` back in front (records that could not be written yet keep their order).
-    public mutating func prepend(_ earlier: FramedRecords) {
-        bytes.insert(contentsOf: earlier.bytes, at: 0)
-        count += earlier.count
-        sealedBytes = earlier.sealedBytes == earlier.bytes.count ? sealedBytes + earlier.bytes.count : earlier.sealedBytes
+    /// Puts the records of `earlier` from its record `first` on back in front, in order.
+    mutating func prepend(_ earlier: BulkRecords, from first: Int) {
+        let moved = earlier.byteRange(first..<earlier.count)
+        bytes.insert(contentsOf: earlier.bytes[moved], at: 0)
+        ends = earlier.ends[first...].map { $0 - moved.lowerBound } + ends.map { $0 + moved.count }
     }
 
     public mutating func removeAll() {
         bytes.removeAll(keepingCapacity: true)
-        count = 0
-        sealedBytes = 0
+        ends.removeAll(keepingCapacity: true)
+    }
+
+    /// The record's action line and document line, without their newlines.
+    func lines(_ record: Int) -> (action: ArraySlice<UInt8>, document: ArraySlice<UInt8>) {
+        let range = byteRange(record..<(record + 1))
+        let actionEnd = bytes[range].firstIndex(of: 0x0A)!
+        return (bytes[range.lowerBound..<actionEnd], bytes[(actionEnd + 1)..<(range.upperBound - 1)])
+    }
+
+    /// The `_index` and `_id` an action line of ours names.
+    static func target(ofAction action: ArraySlice<UInt8>) -> (index: String, id: String) {
+        func value(after key: String) -> String {
+            let pattern = Array("\"\(key)\":\"".utf8)
+            guard let start = action.indices.first(where: { action[$0...].starts(with: pattern) }) else { return "" }
+            let valueStart = start + pattern.count
+            let valueEnd = action[valueStart...].firstIndex(of: UInt8(ascii: "\"")) ?? action.endIndex
+            return String(decoding: action[valueStart..<valueEnd], as: UTF8.self)
+        }
+        return (value(after: "_index"), value(after: "_id"))
     }
 }
 
-/// Entries read back from the spool: one contiguous copy of their bytes and where each body
-/// lies in it. The sender builds `_bulk` bodies straight from these bytes.
-public struct SpoolBatch: Sendable {
-    let bytes: [UInt8]
-    /// Body ranges in `bytes`, in spool order.
-    let bodies: [Range<Int>]
+/// Daily index names, `<base>-YYYY.MM.DD` in UTC, and the action line start naming one.
+struct DailyIndex: Sendable {
+    let base: String
+    private var day = Int.min
+    /// `{"create":{"_index":"<name>","_id":"` for `day`.
+    private var actionStart: [UInt8] = []
 
-    init(bytes: [UInt8], bodies: [Range<Int>]) {
-        self.bytes = bytes
-        self.bodies = bodies
+    init(base: String) { self.base = base }
+
+    mutating func appendActionStart(for milliseconds: Int64, to bytes: inout [UInt8]) {
+        let recordDay = Int(milliseconds / 86_400_000)
+        if recordDay != day {
+            day = recordDay
+            actionStart = Array("{\"create\":{\"_index\":\"\(Self.name(base, day: recordDay))\",\"_id\":\"".utf8)
+        }
+        bytes.append(contentsOf: actionStart)
     }
 
-    /// The entries of `framed` as a batch without a trip through the disk (benchmarks, tests).
-    public init(framed: FramedRecords) {
-        var bodies: [Range<Int>] = []
-        framed.bytes.withUnsafeBytes { raw -> Void in
+    static func name(_ base: String, day: Int) -> String {
+        let (year, month, dayOfMonth) = civilDate(daysSinceEpoch: day)
+        func two(_ n: Int) -> String { n < 10 ? "0\(n)" : "\(n)" }
+        return "\(base)-\(year).\(two(month)).\(two(dayOfMonth))"
+    }
+}
+
+/// Builds spool entries: records' `_bulk` lines compressed into one chunk, framed and checksummed.
+/// Entry: magic, 3 reserved bytes, body length (u32 LE), CRC-32C of the body (u32 LE); body:
+/// record count, plain length and CRC-32 of the plain lines (u32 LE each), then the lines as one
+/// raw deflate chunk (tg_deflate_chunk), so the sender joins chunks into a gzip body as they are.
+public struct SpoolEntryBuilder {
+    /// Only grown, never refilled with zeros: a worst-case-sized buffer per entry cost more than
+    /// compressing into it.
+    private var buffer: [UInt8] = []
+    public private(set) var size = 0
+
+    public init() {}
+
+    /// Compresses records `range` of `records` into the entry; false if they cannot be framed.
+    public mutating func build(_ records: BulkRecords, _ range: Range<Int>) -> Bool {
+        let plain = records.byteRange(range)
+        let bodyStart = Spool.headerSize + Spool.chunkFieldsSize
+        let needed = bodyStart + tg_gzip_bound(plain.count)
+        if buffer.count < needed { buffer.append(contentsOf: repeatElement(0, count: needed - buffer.count)) }
+        size = records.bytes.withUnsafeBytes { source -> Int in
+            let lines = UnsafeRawBufferPointer(rebasing: source[plain])
+            return buffer.withUnsafeMutableBytes { entry -> Int in
+                let chunk = tg_deflate_chunk(lines.baseAddress, lines.count, entry.baseAddress! + bodyStart, entry.count - bodyStart)
+                guard chunk >= 0 else { return 0 }
+                let bodyLength = Spool.chunkFieldsSize + chunk
+                entry.storeBytes(of: Spool.magic, as: UInt8.self)
+                entry.storeBytes(of: UInt32(bodyLength).littleEndian, toByteOffset: 4, as: UInt32.self)
+                entry.storeBytes(of: UInt32(range.count).littleEndian, toByteOffset: Spool.headerSize, as: UInt32.self)
+                entry.storeBytes(of: UInt32(lines.count).littleEndian, toByteOffset: Spool.headerSize + 4, as: UInt32.self)
+                entry.storeBytes(of: tg_crc32(0, lines.baseAddress, lines.count).littleEndian, toByteOffset: Spool.headerSize + 8, as: UInt32.self)
+                let crc = tg_crc32c(entry.baseAddress! + Spool.headerSize, bodyLength)
+                entry.storeBytes(of: crc.littleEndian, toByteOffset: 8, as: UInt32.self)
+                return Spool.headerSize + bodyLength
+            }
+        }
+        return size > 0
+    }
+
+    /// The entry built last, valid only inside `body`.
+    public func withEntry<R>(_ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
+        try buffer.withUnsafeBytes { try body(UnsafeRawBufferPointer(rebasing: $0[..<size])) }
+    }
+}
+
+/// Entries read back from the spool: one contiguous copy of their bytes and where each chunk
+/// lies in it. A whole batch is sent as its chunks joined, never decompressed; records are
+/// decompressed only for item-level retries and dead letters.
+public struct SpoolBatch: Sendable {
+    let bytes: [UInt8]
+    let chunks: [Chunk]
+    /// Records in the batch.
+    public let count: Int
+    /// Bytes of the batch's `_bulk` lines, uncompressed.
+    public let plainBytes: Int
+
+    struct Chunk {
+        let range: Range<Int>
+        let records: Int
+        let plainLength: Int
+        let plainCRC: UInt32
+    }
+
+    /// The batch of the whole entries in `bytes` (the spool checked them, or this process made them).
+    init(bytes: [UInt8]) {
+        var chunks: [Chunk] = []
+        _ = bytes.withUnsafeBytes { raw in
             Spool.forEachEntry(in: raw) { offset, length in
-                bodies.append((offset + Spool.headerSize)..<(offset + Spool.headerSize + length))
+                let fields = offset + Spool.headerSize
+                func field(_ at: Int) -> UInt32 { UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: fields + at, as: UInt32.self)) }
+                chunks.append(Chunk(range: (fields + Spool.chunkFieldsSize)..<(fields + length), records: Int(field(0)),
+                                    plainLength: Int(field(4)), plainCRC: field(8)))
                 return true
             }
         }
-        self.init(bytes: framed.bytes, bodies: bodies)
+        self.bytes = bytes
+        self.chunks = chunks
+        count = chunks.reduce(0) { $0 + $1.records }
+        plainBytes = chunks.reduce(0) { $0 + $1.plainLength }
     }
 
-    public var count: Int { bodies.count }
+    /// The batch of one entry, without a trip through the disk (benchmarks, tests).
+    public init(entry: UnsafeRawBufferPointer) { self.init(bytes: Array(entry)) }
 
-    public func timestampMilliseconds(at index: Int) -> Int64 {
-        bytes.withUnsafeBytes { Int64(littleEndian: $0.loadUnaligned(fromByteOffset: bodies[index].lowerBound, as: Int64.self)) }
+    /// The records decompressed, or nil if a chunk does not inflate to what its fields say.
+    func records() -> BulkRecords? {
+        var plain = [UInt8](repeating: 0, count: plainBytes + 1)
+        var at = 0
+        for chunk in chunks {
+            let size = bytes.withUnsafeBytes { source in
+                plain.withUnsafeMutableBytes { out in
+                    tg_inflate_chunk(source.baseAddress! + chunk.range.lowerBound, chunk.range.count, out.baseAddress! + at, out.count - at)
+                }
+            }
+            guard size == chunk.plainLength else { return nil }
+            at += size
+        }
+        plain.removeLast()
+        guard let records = BulkRecords(lines: plain), records.count == count else { return nil }
+        return records
     }
-
-    public func id(at index: Int) -> ArraySlice<UInt8> { bytes[idRange(index)] }
-    public func document(at index: Int) -> ArraySlice<UInt8> { bytes[documentRange(index)] }
-
-    func idRange(_ index: Int) -> Range<Int> {
-        let start = bodies[index].lowerBound + 8
-        return start..<(start + RecordID.hexCount)
-    }
-
-    func documentRange(_ index: Int) -> Range<Int> { (bodies[index].lowerBound + 8 + RecordID.hexCount)..<bodies[index].upperBound }
 }
 
 /// A place in the spool: a segment number and a byte offset in it.
@@ -159,7 +257,9 @@ public struct SpoolPosition: Comparable, Sendable, CustomStringConvertible {
     public var description: String { "\(segment):\(offset)" }
 }
 
-/// A segmented append-only log of records on disk. Each entry carries its length and a CRC-32C,
+/// A segmented append-only log of records on disk, in compressed entries (see
+/// `SpoolEntryBuilder`): about 30 times fewer bytes to write, hold through an outage and read
+/// back than the documents themselves. Each entry carries its length and a CRC-32C,
 /// so a torn tail after a crash is detected and cut off; a segment is deleted only once every
 /// record in it was acknowledged. The acknowledged position is kept in `ack` (write + rename).
 /// What this run wrote to the active segment is also kept in memory, so the sender, which
@@ -168,8 +268,11 @@ public struct SpoolPosition: Comparable, Sendable, CustomStringConvertible {
 /// Thread-safe: one writer thread appends, one sender thread reads and acknowledges.
 public final class Spool: Sendable {
     static let headerSize = 12
-    /// 0xA6: entries checksummed with CRC-32C (0xA5, zlib CRC-32, was never released).
-    static let magic: UInt8 = 0xA6
+    /// An entry body's fixed fields before its chunk: records, plain length, plain CRC-32.
+    static let chunkFieldsSize = 12
+    /// 0xA7: compressed chunks of records. (0xA5 and 0xA6, one uncompressed record per entry,
+    /// were never released.)
+    static let magic: UInt8 = 0xA7
     /// Segments roll over at this size so acknowledged data is freed in steps.
     private static let segmentBytes = 16 << 20
 
@@ -180,6 +283,7 @@ public final class Spool: Sendable {
         var end = SpoolPosition(segment: 1, offset: 0)
         var acked = SpoolPosition(segment: 1, offset: 0)
         var records = 0
+        var plainBytes = 0
         var dirty = false
         /// The active segment's bytes from `recentOffset` on, as written by this run.
         var recent: [UInt8] = []
@@ -199,31 +303,22 @@ public final class Spool: Sendable {
 
     /// Bytes of all segment files.
     public var totalBytes: Int { state.withLock { $0.segments.values.reduce(0, +) } }
-    /// Records appended and not yet acknowledged (approximate after recovery: counted on replay).
-    public var unacknowledgedRecords: Int { state.withLock { $0.records } }
+    /// Records appended and not yet acknowledged, and their `_bulk` lines' uncompressed size:
+    /// whether a batch is due, without reading it.
+    public var unacknowledged: (records: Int, plainBytes: Int) { state.withLock { ($0.records, $0.plainBytes) } }
     public var endPosition: SpoolPosition { state.withLock { $0.end } }
-
-    /// Bytes of the entries after `position`, framing included: whether a batch is due, without reading it.
-    public func bytes(after position: SpoolPosition) -> Int {
-        state.withLock { state in
-            state.segments.reduce(0) { total, entry in
-                if entry.key < position.segment { return total }
-                return total + (entry.key == position.segment ? max(0, entry.value - position.offset) : entry.value)
-            }
-        }
-    }
     public var acknowledgedPosition: SpoolPosition { state.withLock { $0.acked } }
 
-    /// Appends the first `records` sealed entries of `framed`, `byteCount` bytes, in one write;
-    /// the caller enforces the size limit.
-    public func append(_ framed: FramedRecords, byteCount: Int, records: Int) throws(SystemError) {
-        guard records > 0 else { return }
+    /// Appends one entry (from `SpoolEntryBuilder`) in one write; the caller enforces the size limit.
+    public func append(entry: UnsafeRawBufferPointer) throws(SystemError) {
+        let byteCount = entry.count
+        let (records, plainBytes) = Self.chunkCounts(entry, at: 0)
         try state.withLock { (state) throws(SystemError) in
             if state.activeFD < 0 || state.segments[state.active, default: 0] >= Self.segmentBytes {
                 try roll(&state)
             }
             do throws(SystemError) {
-                try writeAll(state.activeFD, framed.bytes, count: byteCount)
+                try writeAll(state.activeFD, entry)
             } catch {
                 // A partial write (disk full) must not stay: the next append would land behind
                 // bytes no offset accounts for.
@@ -231,7 +326,7 @@ public final class Spool: Sendable {
                 throw error
             }
             if state.recent.count + byteCount <= Self.segmentBytes {
-                framed.bytes.withUnsafeBytes { state.recent.append(contentsOf: UnsafeRawBufferPointer(rebasing: $0[..<byteCount])) }
+                state.recent.append(contentsOf: entry)
             } else {
                 // Bounded like a segment: past that, this write is read back from the file.
                 state.recent.removeAll(keepingCapacity: true)
@@ -240,6 +335,7 @@ public final class Spool: Sendable {
             state.segments[state.active, default: 0] += byteCount
             state.end = SpoolPosition(segment: state.active, offset: state.segments[state.active]!)
             state.records += records
+            state.plainBytes += plainBytes
             state.dirty = true
         }
     }
@@ -253,23 +349,23 @@ public final class Spool: Sendable {
         if fd >= 0 { _ = fdatasync(fd) }
     }
 
-    /// Reads entries from `position` up to the end written so far, at most `maxRecords` of them
-    /// and about `maxBytes` of documents.
+    /// Reads whole entries from `position` up to the end written so far: at least one, then as
+    /// many as keep the batch within `maxRecords` and `maxBytes` of uncompressed lines.
     public func read(from position: SpoolPosition, maxRecords: Int, maxBytes: Int) -> (batch: SpoolBatch, next: SpoolPosition) {
         var storage: [UInt8] = []
         return read(from: position, maxRecords: maxRecords, maxBytes: maxBytes, reusing: &storage)
     }
 
     /// `read`, filling `storage`'s memory (taken, emptied, and handed back through the batch's
-    /// `bytes`): batches of megabytes would otherwise be fresh, page-faulting mappings each time.
+    /// `bytes`): batches read from the files would otherwise be fresh, page-faulting mappings each time.
     func read(from position: SpoolPosition, maxRecords: Int, maxBytes: Int, reusing storage: inout [UInt8]) -> (batch: SpoolBatch, next: SpoolPosition) {
         var bytes = storage
         storage = []
         bytes.removeAll(keepingCapacity: true)
-        var bodies: [Range<Int>] = []
         var cursor = position
-        var documentBytes = 0
-        while bodies.count < maxRecords && documentBytes < maxBytes {
+        var records = 0, plainBytes = 0
+        let fixedSize = Self.headerSize + Self.chunkFieldsSize
+        while records < maxRecords && plainBytes < maxBytes {
             let (end, active, next) = state.withLock { state in
                 (cursor.segment == state.active ? state.end.offset : (state.segments[cursor.segment] ?? 0), state.active,
                  state.segments.keys.filter { $0 > cursor.segment }.min())
@@ -280,31 +376,39 @@ public final class Spool: Sendable {
                 cursor = SpoolPosition(segment: next, offset: 0)
                 continue
             }
-            let chunkStart = bytes.count
-            let chunkEnd = min(end, cursor.offset + max(maxBytes - documentBytes, 1 << 16))
-            let fromMemory = copyRecent(cursor.segment, from: cursor.offset, upTo: chunkEnd, into: &bytes)
-            if !fromMemory { readSegment(cursor.segment, from: cursor.offset, upTo: chunkEnd, into: &bytes) }
-            var offset = chunkStart
-            bytes.withUnsafeBytes { raw in
-                while offset < raw.count && bodies.count < maxRecords && documentBytes < maxBytes {
-                    guard let size = fromMemory ? Self.framedEntrySize(raw, at: offset) : Self.entrySize(raw, at: offset) else { break }
-                    bodies.append((offset + Self.headerSize)..<(offset + size))
-                    documentBytes += size - Self.headerSize - 8 - RecordID.hexCount
-                    offset += size
-                }
+            // The entry's fixed part first: whether it still fits in the batch, before its chunk is read.
+            let start = bytes.count
+            let headerFromMemory = copy(cursor.segment, from: cursor.offset, upTo: min(end, cursor.offset + fixedSize), into: &bytes)
+            guard bytes.count - start == fixedSize else { bytes.removeLast(bytes.count - start); break }
+            let (size, entryRecords, entryPlainBytes) = bytes.withUnsafeBytes { raw in
+                (Self.headerSize + Self.bodyLength(raw, at: start), Self.chunkCounts(raw, at: start).records, Self.chunkCounts(raw, at: start).plainBytes)
             }
-            bytes.removeLast(bytes.count - offset)
-            if offset == chunkStart { break }
-            cursor.offset += offset - chunkStart
+            if records > 0 && (records + entryRecords > maxRecords || plainBytes + entryPlainBytes > maxBytes) {
+                bytes.removeLast(fixedSize)
+                break
+            }
+            let restFromMemory = copy(cursor.segment, from: cursor.offset + fixedSize, upTo: min(end, cursor.offset + size), into: &bytes)
+            let valid = bytes.withUnsafeBytes { raw in
+                headerFromMemory && restFromMemory ? Self.framedEntrySize(raw, at: start) : Self.entrySize(raw, at: start)
+            }
+            guard valid == size else {
+                bytes.removeLast(bytes.count - start)
+                break
+            }
+            records += entryRecords
+            plainBytes += entryPlainBytes
+            cursor.offset += size
         }
-        return (SpoolBatch(bytes: bytes, bodies: bodies), cursor)
+        return (SpoolBatch(bytes: bytes), cursor)
     }
 
-    /// Everything before `position` is delivered: forget it, deleting whole segments.
-    public func acknowledge(upTo position: SpoolPosition, records: Int) {
+    /// Everything before `position`, the entries of `batch`, is delivered: forget it, deleting
+    /// whole segments.
+    public func acknowledge(_ batch: SpoolBatch, upTo position: SpoolPosition) {
         let doomed: [UInt64] = state.withLock { state in
             state.acked = max(state.acked, position)
-            state.records = max(0, state.records - records)
+            state.records = max(0, state.records - batch.count)
+            state.plainBytes = max(0, state.plainBytes - batch.plainBytes)
             var old = state.segments.keys.filter { $0 < position.segment }
             // Everything written is delivered: start a fresh segment so this one's space is
             // freed now (a full spool must empty as soon as Elasticsearch catches up).
@@ -363,7 +467,11 @@ public final class Spool: Sendable {
             var offset = 0
             bytes.withUnsafeBytes { raw in
                 while let size = Self.entrySize(raw, at: offset) {
-                    if ack == nil || segment > ack!.segment || offset >= ack!.offset { state.records += 1 }
+                    if ack == nil || segment > ack!.segment || offset >= ack!.offset {
+                        let counts = Self.chunkCounts(raw, at: offset)
+                        state.records += counts.records
+                        state.plainBytes += counts.plainBytes
+                    }
                     offset += size
                 }
             }
@@ -380,6 +488,14 @@ public final class Spool: Sendable {
         state.activeFD = fd
         state.segments[state.active] = 0
         state.end = SpoolPosition(segment: state.active, offset: 0)
+    }
+
+    /// Appends the segment's bytes from `offset` to `end` to `bytes`: from memory when this run
+    /// wrote them and they are still there (true), else from the file (false).
+    private func copy(_ segment: UInt64, from offset: Int, upTo end: Int, into bytes: inout [UInt8]) -> Bool {
+        if copyRecent(segment, from: offset, upTo: end, into: &bytes) { return true }
+        readSegment(segment, from: offset, upTo: end, into: &bytes)
+        return false
     }
 
     /// Appends the bytes from `offset` to `end` of the active segment to `bytes` when this run
@@ -437,6 +553,13 @@ public final class Spool: Sendable {
         Int(UInt32(littleEndian: bytes.loadUnaligned(fromByteOffset: offset + 4, as: UInt32.self)))
     }
 
+    /// The records in the entry at `offset` and the size of their lines uncompressed (the
+    /// entry's fixed part must be in `bytes`).
+    static func chunkCounts(_ bytes: UnsafeRawBufferPointer, at offset: Int) -> (records: Int, plainBytes: Int) {
+        (Int(UInt32(littleEndian: bytes.loadUnaligned(fromByteOffset: offset + headerSize, as: UInt32.self))),
+         Int(UInt32(littleEndian: bytes.loadUnaligned(fromByteOffset: offset + headerSize + 4, as: UInt32.self))))
+    }
+
     /// Walks entries this process framed (their headers are trusted) from `start`: `body` gets
     /// each entry's offset and body length and returns false to stop there. Returns where the
     /// walk ended: the end of `bytes`, or the offset of the entry `body` stopped at.
@@ -463,7 +586,7 @@ public final class Spool: Sendable {
     /// The size of the valid entry at `offset`, or nil for a torn, corrupt or missing one.
     static func entrySize(_ bytes: UnsafeRawBufferPointer, at offset: Int) -> Int? {
         guard let size = framedEntrySize(bytes, at: offset), bytes[offset] == magic,
-              size >= headerSize + 8 + RecordID.hexCount else { return nil }
+              size >= headerSize + chunkFieldsSize else { return nil }
         let crc = UInt32(littleEndian: bytes.loadUnaligned(fromByteOffset: offset + 8, as: UInt32.self))
         guard tg_crc32c(bytes.baseAddress! + offset + headerSize, size - headerSize) == crc else { return nil }
         return size

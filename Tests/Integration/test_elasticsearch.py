@@ -1002,13 +1002,14 @@ def test_full_spool_with_drop_newest_keeps_serving_and_counts_drops(testbed, ori
     spool = testbed.tmp / f"spool-full-{marker}"
     try:
         fake.stop()
-        tg = tollgates.fresh(es_overrides(fake.url, spool, spool_bytes=1048576, on_spool_full="drop_newest"))
+        # Entries are compressed (about 100 bytes a record here): 64 KiB holds far fewer than 5000.
+        tg = tollgates.fresh(es_overrides(fake.url, spool, spool_bytes=65536, on_spool_full="drop_newest"))
         total = 5000
         r = load(testbed, f"/1k?{marker}-", total, concurrency=8)
         assert r["ok"] == total, f"the proxy must keep serving with the spool full: {r}"
         dropped = wait_until(lambda: metrics(tg).get("tollgate_es_records_dropped_total", 0), 15,
                              message="dropped records counted")
-        assert _spool_bytes(spool) <= 1048576 * 1.1, f"spool grew to {_spool_bytes(spool)} bytes"
+        assert _spool_bytes(spool) <= 65536, f"spool grew to {_spool_bytes(spool)} bytes"
         fake.start()
 
         def settled():
@@ -1029,7 +1030,7 @@ def test_full_spool_with_drop_newest_keeps_serving_and_counts_drops(testbed, ori
             m2 = metrics(tg)
             raise AssertionError(f"records made after Elasticsearch returned were not delivered: dropped_total "
                                  f"{m['tollgate_es_records_dropped_total']:.0f} -> {m2['tollgate_es_records_dropped_total']:.0f}, "
-                                 f"spool_bytes {m2['tollgate_es_spool_bytes']:.0f} (limit 1048576), spool files "
+                                 f"spool_bytes {m2['tollgate_es_spool_bytes']:.0f} (limit 65536), spool files "
                                  f"{[(p.name, p.stat().st_size) for p in spool.iterdir()]}\n{exc}")
         assert metrics(tg)["tollgate_es_records_dropped_total"] == m["tollgate_es_records_dropped_total"]
     finally:
@@ -1050,8 +1051,8 @@ def test_full_spool_with_fail_closed_refuses_new_connections_and_loses_nothing(t
 
     try:
         fake.stop()
-        tg = tollgates.fresh(es_overrides(fake.url, spool, spool_bytes=1048576, on_spool_full="fail_closed"))
-        load(testbed, f"/1k?{marker}-", 3000, concurrency=8)  # fills the 1 MiB spool; some may be refused
+        tg = tollgates.fresh(es_overrides(fake.url, spool, spool_bytes=131072, on_spool_full="fail_closed"))
+        load(testbed, f"/1k?{marker}-", 3000, concurrency=8)  # fills the 128 KiB spool; some may be refused
         wait_until(lambda: probe_status() == "000", 20, interval=0.5,
                    message="new connections refused while the spool is full")
         assert "spool" in tg.stderr_tail(50).lower(), f"no reason given on stderr:\n{tg.stderr_tail(20)}"

@@ -59,6 +59,22 @@ import TollgateIO
         }
     }
 
+    @Test func refusesIndexNamesElasticsearchWouldRefuse() throws {
+        func parse(index: String) throws(ConfigErrors) -> Config {
+            try Config.parse("listen: { transparent: [':15001'] }\nlog:\n  elasticsearch:\n    url: [http://127.0.0.1:9200]\n    spool: /tmp/s\n    index: '\(index)'\n", file: "es.yaml")
+        }
+        #expect(try parse(index: "agents-traffic").elasticsearch?.index == "agents-traffic")
+        for bad in ["Traffic", "a b", "a\"b", "_x", "a,b", ""] {
+            do {
+                _ = try parse(index: bad)
+                Issue.record("index '\(bad)' accepted")
+            } catch {
+                #expect(error.errors.map(\.description).contains { $0.hasPrefix("es.yaml:6:12: log.elasticsearch.index: '\(bad)' is not a valid Elasticsearch index name") },
+                        "\(error.errors)")
+            }
+        }
+    }
+
     @Test func reportsYAMLSyntaxErrorsWithTheirPosition() {
         do {
             _ = try Config.parse("listen:\n  transparent: [\"a\"\n", file: "broken.yaml")

@@ -9,39 +9,67 @@ private func temporaryDirectory() -> String {
 }
 
 /// Records n in `range`: id counter n, timestamp base + n, document {"n":n}.
-private func records(_ range: Range<Int>) -> FramedRecords {
-    var framed = FramedRecords()
+private func records(_ range: Range<Int>) -> BulkRecords {
+    var records = BulkRecords(index: "autocode-traffic")
     for n in range {
         Array("{\"n\":\(n)}".utf8).withUnsafeBytes {
-            framed.append(timestampMilliseconds: 1_764_000_000_000 + Int64(n), id: RecordID(prefix: 7, counter: UInt64(n)), document: $0)
+            records.append(timestampMilliseconds: 1_764_000_000_000 + Int64(n), id: RecordID(prefix: 7, counter: UInt64(n)), document: $0)
         }
     }
-    framed.seal()
-    return framed
+    return records
 }
 
 extension Spool {
-    fileprivate func append(_ framed: FramedRecords) throws {
-        try append(framed, byteCount: framed.bytes.count, records: framed.count)
+    /// Appends `records` as entries of `perEntry` records each.
+    fileprivate func append(_ records: BulkRecords, perEntry: Int = 10) throws {
+        var entry = SpoolEntryBuilder()
+        for first in stride(from: 0, to: records.count, by: perEntry) {
+            let built = entry.build(records, first..<min(first + perEntry, records.count))
+            #expect(built)
+            try entry.withEntry { try append(entry: $0) }
+        }
     }
 }
 
 extension SpoolBatch {
-    fileprivate var documents: [String] { (0..<count).map { String(decoding: document(at: $0), as: UTF8.self) } }
-    fileprivate var timestamps: [Int64] { (0..<count).map { timestampMilliseconds(at: $0) } }
+    fileprivate var documents: [String] {
+        guard let records = records() else { return ["(does not decompress)"] }
+        return (0..<records.count).map { String(decoding: records.lines($0).document, as: UTF8.self) }
+    }
 }
 
+/// gunzip through zlib, as Elasticsearch would read the body.
+private func gunzip(_ body: [UInt8]) -> String? {
+    var plain = [UInt8](repeating: 0, count: 1 << 20)
+    let size = body.withUnsafeBytes { gz in plain.withUnsafeMutableBytes { tg_gunzip(gz.baseAddress, gz.count, $0.baseAddress, $0.count) } }
+    return size < 0 ? nil : String(decoding: plain.prefix(size), as: UTF8.self)
+}
+
+private func documents(_ range: Range<Int>) -> [String] { range.map { "{\"n\":\($0)}" } }
+
 @Suite struct SpoolTests {
-    @Test func readsBackWhatWasAppendedInOrder() throws {
+    @Test func readsBackWhatWasAppendedInOrderInWholeEntries() throws {
         let spool = try Spool(directory: temporaryDirectory())
         try spool.append(records(0..<100))
-        let (records, next) = spool.read(from: spool.acknowledgedPosition, maxRecords: 60, maxBytes: 1 << 20)
-        #expect(records.documents == (0..<60).map { "{\"n\":\($0)}" })
-        #expect(String(decoding: records.id(at: 3), as: UTF8.self) == "00000000000000070000000000000003")
+        #expect(spool.unacknowledged.records == 100)
+        #expect(spool.unacknowledged.plainBytes == records(0..<100).bytes.count)
+        let (first, next) = spool.read(from: spool.acknowledgedPosition, maxRecords: 65, maxBytes: 1 << 20)
+        #expect(first.documents == documents(0..<60))
         let (rest, end) = spool.read(from: next, maxRecords: 1000, maxBytes: 1 << 20)
-        #expect(rest.count == 40)
+        #expect(rest.documents == documents(60..<100))
         #expect(end == spool.endPosition)
-        #expect(spool.unacknowledgedRecords == 100)
+        // Limited by the uncompressed size too, yet never less than one entry.
+        let twoEntries = records(0..<20).bytes.count
+        #expect(spool.read(from: spool.acknowledgedPosition, maxRecords: 1000, maxBytes: twoEntries).batch.count == 20)
+        #expect(spool.read(from: spool.acknowledgedPosition, maxRecords: 1000, maxBytes: twoEntries - 1).batch.count == 10)
+        #expect(spool.read(from: spool.acknowledgedPosition, maxRecords: 3, maxBytes: 10).batch.count == 10)
+    }
+
+    @Test func entriesAreCompressed() throws {
+        let spool = try Spool(directory: temporaryDirectory())
+        let many = records(0..<2000)
+        try spool.append(many, perEntry: 1000)
+        #expect(spool.totalBytes * 4 < many.bytes.count)
     }
 
     @Test func readsWhatThisRunWroteFromMemoryAndTheRestFromTheFiles() throws {
@@ -50,7 +78,7 @@ extension SpoolBatch {
         try spool.append(records(0..<50))
         let reader = try Spool(directory: directory)  // a second spool over the same files reads them
         let (onDisk, _) = reader.read(from: reader.acknowledgedPosition, maxRecords: 100, maxBytes: 1 << 20)
-        #expect(onDisk.documents == (0..<50).map { "{\"n\":\($0)}" })
+        #expect(onDisk.documents == documents(0..<50))
         // With the file emptied behind its back, the writing spool still reads every record: from memory.
         #expect(truncate(directory + "/000000000001.seg", 0) == 0)
         let (inMemory, next) = spool.read(from: spool.acknowledgedPosition, maxRecords: 100, maxBytes: 1 << 20)
@@ -62,47 +90,47 @@ extension SpoolBatch {
         let directory = temporaryDirectory()
         do {
             let spool = try Spool(directory: directory)
-            try spool.append(records(0..<10))
+            try spool.append(records(0..<10), perEntry: 2)
             let (first, next) = spool.read(from: spool.acknowledgedPosition, maxRecords: 4, maxBytes: 1 << 20)
             #expect(first.count == 4)
-            spool.acknowledge(upTo: next, records: 4)
+            spool.acknowledge(first, upTo: next)
         }
         let reopened = try Spool(directory: directory)
         let (records, _) = reopened.read(from: reopened.acknowledgedPosition, maxRecords: 100, maxBytes: 1 << 20)
-        #expect(records.timestamps == (4..<10).map { 1_764_000_000_000 + Int64($0) })
-        #expect(reopened.unacknowledgedRecords == 6)
+        #expect(records.documents == documents(4..<10))
+        #expect(reopened.unacknowledged.records == 6)
     }
 
     @Test func cutsATornTailAndKeepsTheValidPrefix() throws {
         let directory = temporaryDirectory()
         do {
             let spool = try Spool(directory: directory)
-            try spool.append(records(0..<3))
+            try spool.append(records(0..<3), perEntry: 1)
         }
         // Half an entry at the end, as a crash in the middle of a write leaves it.
         let path = directory + "/000000000001.seg"
         let fd = open(path, O_WRONLY | O_APPEND)
-        let garbage: [UInt8] = [0xA6, 0, 0, 0, 200, 0, 0, 0, 1, 2, 3]
+        let garbage: [UInt8] = [0xA7, 0, 0, 0, 200, 0, 0, 0, 1, 2, 3]
         _ = garbage.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
         close(fd)
         let reopened = try Spool(directory: directory)
         let (records, _) = reopened.read(from: reopened.acknowledgedPosition, maxRecords: 100, maxBytes: 1 << 20)
-        #expect(records.count == 3)
+        #expect(records.documents == documents(0..<3))
     }
 
     @Test func acknowledgingDeletesFinishedSegments() throws {
         let directory = temporaryDirectory()
         let spool = try Spool(directory: directory)
         try spool.append(records(0..<5))
-        let before = spool.totalBytes
-        #expect(before > 0)
+        #expect(spool.totalBytes > 0)
         let reopened = try Spool(directory: directory)  // seals segment 1, appends go to 2
         try reopened.append(records(99..<100))
         let (records, next) = reopened.read(from: reopened.acknowledgedPosition, maxRecords: 100, maxBytes: 1 << 20)
         #expect(records.count == 6)
-        reopened.acknowledge(upTo: next, records: 6)
+        reopened.acknowledge(records, upTo: next)
         #expect(access(directory + "/000000000001.seg", F_OK) != 0)
-        #expect(reopened.unacknowledgedRecords == 0)
+        #expect(reopened.unacknowledged.records == 0)
+        #expect(reopened.unacknowledged.plainBytes == 0)
     }
 }
 
@@ -134,44 +162,95 @@ extension SpoolBatch {
         try spool.append(records(0..<50))
         #expect(spool.totalBytes > 0)
         let (all, next) = spool.read(from: spool.acknowledgedPosition, maxRecords: 100, maxBytes: 1 << 20)
-        spool.acknowledge(upTo: next, records: all.count)
+        spool.acknowledge(all, upTo: next)
         #expect(spool.totalBytes == 0)
         try spool.append(records(7..<8))
         let (more, _) = spool.read(from: next, maxRecords: 100, maxBytes: 1 << 20)
-        #expect(more.timestamps == [1_764_000_000_007])
+        #expect(more.documents == documents(7..<8))
     }
 
-    @Test func framedRecordsSplitAtTheSpoolLimitAndRequeueInOrder() {
-        var written = records(0..<10)
-        // Ten entries of 59 bytes: half the bytes hold exactly five.
-        let (bytes, count) = written.prefix(upToBytes: written.bytes.count / 2)
-        #expect(count == 5)
-        written.removeFirst(bytes: bytes, records: count)
-        var queue = FramedRecords()
-        Array("{\"n\":10}".utf8).withUnsafeBytes {
-            queue.append(timestampMilliseconds: 1_764_000_000_010, id: RecordID(prefix: 7, counter: 10), document: $0)
+    @Test func queuedRecordsSplitByTheLimitsAndRequeueInOrder() {
+        let written = records(0..<10)
+        let oneRecord = written.byteRange(0..<1).count
+        #expect(written.prefix(from: 2, maxRecords: 5, maxBytes: 1 << 20) == 2..<7)
+        #expect(written.prefix(from: 2, maxRecords: 100, maxBytes: 3 * oneRecord) == 2..<5)
+        #expect(written.prefix(from: 9, maxRecords: 100, maxBytes: 1) == 9..<10)
+        var queue = records(10..<11)
+        queue.prepend(written, from: 5)
+        let lines = String(decoding: queue.bytes, as: UTF8.self).split(separator: "\n")
+        #expect(lines.count == 12)
+        #expect(lines.enumerated().filter { $0.offset % 2 == 1 }.map { String($0.element) } == documents(5..<11))
+        #expect(queue.lines(5).document.elementsEqual(Array("{\"n\":10}".utf8)))
+    }
+
+    @Test func bulkBodiesJoinSpooledChunksAndNameTheDailyIndexAndTheRecordId() {
+        var entry = SpoolEntryBuilder()
+        var joined: [UInt8] = []
+        let all = records(0..<3)
+        for range in [0..<2, 2..<3] {
+            let built = entry.build(all, range)
+            #expect(built)
+            entry.withEntry { joined.append(contentsOf: $0) }
         }
-        queue.prepend(written)
-        queue.seal()
-        let batch = SpoolBatch(framed: queue)
-        #expect(batch.documents == (5..<11).map { "{\"n\":\($0)}" })
-        #expect(queue.bytes.withUnsafeBytes { raw in Spool.entrySize(raw, at: raw.count - 60) } == 60)
-    }
-
-    @Test func bulkBodiesNameTheDailyIndexAndTheRecordId() {
-        let batch = SpoolBatch(framed: records(0..<3))
-        var encoder = BulkEncoder(index: "autocode-traffic")
+        let batch = SpoolBatch(entry: joined.withUnsafeBytes { $0 })
+        #expect(batch.count == 3)
+        var bodies = BulkBody()
         var body: [UInt8] = []
-        #expect(encoder.encode(batch, [2, 0], into: &body))
-        var plain = [UInt8](repeating: 0, count: 4096)
-        let size = body.withUnsafeBytes { gz in plain.withUnsafeMutableBytes { tg_gunzip(gz.baseAddress, gz.count, $0.baseAddress, $0.count) } }
-        #expect(String(decoding: plain.prefix(max(size, 0)), as: UTF8.self) == """
+        bodies.join(batch, into: &body)
+        let expected = """
+            {"create":{"_index":"autocode-traffic-2025.11.24","_id":"00000000000000070000000000000000"}}
+            {"n":0}
+            {"create":{"_index":"autocode-traffic-2025.11.24","_id":"00000000000000070000000000000001"}}
+            {"n":1}
+            {"create":{"_index":"autocode-traffic-2025.11.24","_id":"00000000000000070000000000000002"}}
+            {"n":2}
+
+            """
+        #expect(gunzip(body) == expected)
+        // Records chosen for a retry are compressed anew, in the order asked for.
+        let decompressed = batch.records()!
+        #expect(bodies.compress(decompressed, [2, 0], into: &body))
+        #expect(gunzip(body) == """
             {"create":{"_index":"autocode-traffic-2025.11.24","_id":"00000000000000070000000000000002"}}
             {"n":2}
             {"create":{"_index":"autocode-traffic-2025.11.24","_id":"00000000000000070000000000000000"}}
             {"n":0}
 
             """)
+        let target = BulkRecords.target(ofAction: decompressed.lines(1).action)
+        #expect(target.index == "autocode-traffic-2025.11.24")
+        #expect(target.id == "00000000000000070000000000000001")
+    }
+
+    /// Deflate chunks compressed apart, laid end to end between a gzip header and trailer, are
+    /// one stream zlib reads whole; each chunk also inflates alone.
+    @Test func deflateChunksJoinIntoOneGzipStream() {
+        var generator = SystemRandomNumberGenerator()
+        let json = Array((0..<3000).map { "{\"n\":\($0),\"url\":\"https://api.example.com/v1/items/\($0 * 7919 % 1000)\"}\n" }.joined().utf8)
+        let random = (0..<50_000).map { _ in UInt8.random(in: 0...255, using: &generator) }
+        for input in [json, random, [], Array("x".utf8)] {
+            var body: [UInt8] = [0x1F, 0x8B, 8, 0, 0, 0, 0, 0, 4, 0xFF]
+            var crc: UInt32 = 0
+            let cuts = input.isEmpty ? [0..<0] : stride(from: 0, to: input.count, by: 7001).map { $0..<min($0 + 7001, input.count) }
+            for cut in cuts {
+                let piece = Array(input[cut])
+                var chunk = [UInt8](repeating: 0, count: tg_gzip_bound(piece.count))
+                let size = piece.withUnsafeBytes { i in chunk.withUnsafeMutableBytes { tg_deflate_chunk(i.baseAddress, i.count, $0.baseAddress, $0.count) } }
+                #expect(size > 0)
+                chunk.removeLast(chunk.count - max(size, 0))
+                var alone = [UInt8](repeating: 0, count: piece.count + 1)
+                let inflated = chunk.withUnsafeBytes { c in alone.withUnsafeMutableBytes { tg_inflate_chunk(c.baseAddress, c.count, $0.baseAddress, $0.count) } }
+                #expect(inflated == piece.count && Array(alone.prefix(piece.count)) == piece)
+                body += chunk
+                crc = tg_crc32_combine(crc, piece.withUnsafeBytes { tg_crc32(0, $0.baseAddress, $0.count) }, piece.count)
+            }
+            body += [0x03, 0x00]
+            withUnsafeBytes(of: crc.littleEndian) { body += $0 }
+            withUnsafeBytes(of: UInt32(input.count).littleEndian) { body += $0 }
+            var plain = [UInt8](repeating: 0, count: input.count + 1)
+            let size = body.withUnsafeBytes { gz in plain.withUnsafeMutableBytes { tg_gunzip(gz.baseAddress, gz.count, $0.baseAddress, $0.count) } }
+            #expect(size == input.count && Array(plain.prefix(input.count)) == input, "\(input.count) bytes in \(cuts.count) chunks")
+        }
     }
 
     /// Our gzip encoder against zlib's inflate: sizes around the encoder's edges, runs (matches

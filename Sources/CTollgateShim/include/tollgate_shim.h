@@ -72,6 +72,14 @@ long tg_gzip(const void *in, size_t len, void *out, size_t cap);
 size_t tg_gzip_bound(size_t len);
 /// gunzip into `out`; returns the size or -1 (used by tests and for reading rotated logs).
 long tg_gunzip(const void *in, size_t len, void *out, size_t cap);
+/// Raw deflate (RFC 1951) of `len` bytes as a non-final block ended by a sync flush, so chunks
+/// compressed apart can be concatenated into one stream; returns the size or -1. `cap` must be
+/// at least tg_gzip_bound(len).
+long tg_deflate_chunk(const void *in, size_t len, void *out, size_t cap);
+/// Inflates one tg_deflate_chunk chunk into `out`; returns the size or -1.
+long tg_inflate_chunk(const void *in, size_t len, void *out, size_t cap);
+/// The CRC-32 of two pieces laid end to end, from the CRC-32 of each (zlib's crc32_combine).
+uint32_t tg_crc32_combine(uint32_t first, uint32_t second, size_t second_length);
 /// Compresses a whole file to `destination` (gzip); 0 on success.
 int tg_gzip_file(const char *source, const char *destination);
 /// CRC-32C (Castagnoli) of a buffer, for spool entries; hardware-accelerated where the CPU has it.
