@@ -122,16 +122,20 @@ public struct JSONWriter: ~Copyable {
     }
 
     public mutating func string(_ value: String) {
-        openString()
-        appendEscaped(value)
-        closeString()
+        // Borrowed, not copied into a var for withUTF8: that copy cost a retain and release.
+        let done: Void? = value.utf8.withContiguousStorageIfAvailable { stringValue(UnsafeRawBufferPointer($0)) }
+        if done == nil { Array(value.utf8).withUnsafeBytes { stringValue($0) } }
     }
 
     /// A string value from raw bytes, escaped as needed.
     public mutating func stringValue(_ value: UnsafeRawBufferPointer) {
-        openString()
-        appendEscaped(value)
-        closeString()
+        reserve(Self.escapedBound(value.count) + 2)
+        storage[written] = UInt8(ascii: "\"")
+        written += 1
+        appendEscapedReserved(value)
+        storage[written] = UInt8(ascii: "\"")
+        written += 1
+        needsComma = true
     }
 
     public mutating func integer(_ value: Int) {
@@ -183,12 +187,34 @@ public struct JSONWriter: ~Copyable {
         needsComma = true
     }
 
-    /// A key given as bytes that need no escaping (HTTP header names are tokens), lower-cased
-    /// eight bytes at a time.
+    /// A key given as bytes that need no escaping (HTTP header names are tokens), lower-cased.
     public mutating func lowercasedTokenKey(_ name: UnsafeRawBufferPointer) {
         separator()
         reserve(name.count + 3 + 8)  // 8: the last word's overhang
-        byte(UInt8(ascii: "\""))
+        appendLowercasedTokenKeyReserved(name)
+        needsComma = false
+    }
+
+    /// `"name":"value"`, a header field as a member: the name (a token) lower-cased, the value
+    /// escaped, with one reservation for the whole member rather than one per piece (a record
+    /// writes a dozen of these).
+    public mutating func lowercasedTokenMember(_ name: UnsafeRawBufferPointer, value: UnsafeRawBufferPointer) {
+        separator()
+        reserve(name.count + 3 + 8 + Self.escapedBound(value.count) + 2)
+        appendLowercasedTokenKeyReserved(name)
+        storage[written] = UInt8(ascii: "\"")
+        written += 1
+        appendEscapedReserved(value)
+        storage[written] = UInt8(ascii: "\"")
+        written += 1
+        needsComma = true
+    }
+
+    /// `"name":` with the name lower-cased eight bytes at a time; the caller reserved
+    /// `name.count + 3 + 8` bytes.
+    private mutating func appendLowercasedTokenKeyReserved(_ name: UnsafeRawBufferPointer) {
+        storage[written] = UInt8(ascii: "\"")
+        written += 1
         if let source = name.baseAddress {
             let ones: UInt64 = 0x0101_0101_0101_0101
             var index = 0
@@ -202,9 +228,9 @@ public struct JSONWriter: ~Copyable {
                 index += 8
             }
         }
-        byte(UInt8(ascii: "\""))
-        byte(UInt8(ascii: ":"))
-        needsComma = false
+        storage[written] = UInt8(ascii: "\"")
+        storage[written + 1] = UInt8(ascii: ":")
+        written += 2
     }
 
     // MARK: Strings built from pieces
@@ -220,18 +246,26 @@ public struct JSONWriter: ~Copyable {
 
     /// Appends a String inside an open string, escaped.
     public mutating func appendEscaped(_ value: String) {
-        // Borrowed, not copied into a var for withUTF8: that copy cost a retain and release.
         let done: Void? = value.utf8.withContiguousStorageIfAvailable { appendEscaped(UnsafeRawBufferPointer($0)) }
         if done == nil { Array(value.utf8).withUnsafeBytes { appendEscaped($0) } }
     }
 
-    /// Appends `value` inside an open string, escaping what JSON requires. Eight bytes at a time
-    /// while none needs escaping (nearly always), stored as words rather than through memmove:
-    /// most values are header values a few dozen bytes long, where a call costs more than the copy.
+    /// Appends `value` inside an open string, escaping what JSON requires.
     public mutating func appendEscaped(_ value: UnsafeRawBufferPointer) {
+        reserve(Self.escapedBound(value.count))
+        appendEscapedReserved(value)
+    }
+
+    /// Room `appendEscapedReserved` may need for `count` bytes: six per byte (`\u00XX`) and the
+    /// last word's overhang.
+    private static func escapedBound(_ count: Int) -> Int { 6 * count + 8 }
+
+    /// `appendEscaped` into reserved room. Eight bytes at a time while none needs escaping
+    /// (nearly always), stored as words rather than through memmove: most values are header
+    /// values a few dozen bytes long, where a call costs more than the copy.
+    private mutating func appendEscapedReserved(_ value: UnsafeRawBufferPointer) {
         guard let source = value.baseAddress else { return }
         let count = value.count
-        reserve(count + 8)  // 8: the last word's overhang
         var index = 0
         while index < count {
             let word = Self.word(source, at: index, count: count)
@@ -243,13 +277,13 @@ public struct JSONWriter: ~Copyable {
             }
             for byte in UnsafeRawBufferPointer(rebasing: value[index..<min(index + 8, count)]) {
                 if byte < 0x20 || byte == UInt8(ascii: "\"") || byte == UInt8(ascii: "\\") || byte == 0x7F {
-                    escape(byte)
+                    escapeReserved(byte)
                 } else {
-                    self.byte(byte)
+                    storage[written] = byte
+                    written += 1
                 }
             }
             index += 8
-            reserve(max(count - index, 0) + 8)
         }
     }
 
@@ -278,18 +312,28 @@ public struct JSONWriter: ~Copyable {
 
     // MARK: Internals
 
-    private mutating func escape(_ byte: UInt8) {
+    /// The escape sequence for `byte`, into reserved room (at most six bytes).
+    private mutating func escapeReserved(_ byte: UInt8) {
+        let short: UInt8
         switch byte {
-        case UInt8(ascii: "\""): raw("\\\"")
-        case UInt8(ascii: "\\"): raw("\\\\")
-        case 0x0A: raw("\\n")
-        case 0x0D: raw("\\r")
-        case 0x09: raw("\\t")
+        case UInt8(ascii: "\""): short = UInt8(ascii: "\"")
+        case UInt8(ascii: "\\"): short = UInt8(ascii: "\\")
+        case 0x0A: short = UInt8(ascii: "n")
+        case 0x0D: short = UInt8(ascii: "r")
+        case 0x09: short = UInt8(ascii: "t")
         default:
-            raw("\\u00")
-            self.byte(hexDigit(byte >> 4))
-            self.byte(hexDigit(byte & 0xF))
+            storage[written] = UInt8(ascii: "\\")
+            storage[written + 1] = UInt8(ascii: "u")
+            storage[written + 2] = UInt8(ascii: "0")
+            storage[written + 3] = UInt8(ascii: "0")
+            storage[written + 4] = hexDigit(byte >> 4)
+            storage[written + 5] = hexDigit(byte & 0xF)
+            written += 6
+            return
         }
+        storage[written] = UInt8(ascii: "\\")
+        storage[written + 1] = short
+        written += 2
     }
 
     @inlinable

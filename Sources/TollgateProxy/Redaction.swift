@@ -52,9 +52,14 @@ public struct Redaction: Sendable {
                 let name = bytes(fields[index].nameRange)
                 let mayRepeat = sharedLengths & Self.lengthBit(name.count) != 0
                 if mayRepeat && fields[..<index].contains(where: { sameName(bytes($0.nameRange), name) }) { continue }
+                let secret = isSecret(name)
+                if !mayRepeat && !secret {
+                    out.lowercasedTokenMember(name, value: bytes(fields[index].valueRange))
+                    continue
+                }
                 out.lowercasedTokenKey(name)
                 out.openString()
-                if isSecret(name) {
+                if secret {
                     out.appendLiteral("[redacted]")  // Self.marker, without a static array
                 } else {
                     out.appendEscaped(bytes(fields[index].valueRange))

@@ -10,13 +10,16 @@ import TollgateIO
                 var input = Array("abcdefghijklmnopqrstuvwxyz".utf8.prefix(length))
                 input[position] = special
                 if length % 3 == 0 { input += Array("é✓".utf8) }
+                // As a value after a key, and as a header member (name and value in one call).
                 var out = JSONWriter(capacity: 8)
                 out.beginObject()
                 out.key("v")
                 input.withUnsafeBytes { out.stringValue($0) }
+                input.withUnsafeBytes { value in Array("X-Value".utf8).withUnsafeBytes { out.lowercasedTokenMember($0, value: value) } }
                 out.endObject()
                 let object = try #require(try JSONSerialization.jsonObject(with: Data(out.bytes)) as? [String: String])
                 #expect(object["v"] == String(decoding: input, as: UTF8.self), "byte \(special) at \(position) of \(length)")
+                #expect(object["x-value"] == String(decoding: input, as: UTF8.self), "byte \(special) at \(position) of \(length)")
             }
         }
     }
