@@ -76,7 +76,7 @@ public struct JSONWriter: ~Copyable {
 
     // MARK: Fields (skipped when the value is nil)
 
-    @inlinable public mutating func field(_ name: StaticString, _ value: String?) {
+    @inlinable @inline(__always) public mutating func field(_ name: StaticString, _ value: String?) {
         guard let value else { return }
         key(name)
         string(value)
@@ -121,7 +121,7 @@ public struct JSONWriter: ~Copyable {
         needsComma = true
     }
 
-    public mutating func string(_ value: String) {
+    @inlinable @inline(__always) public mutating func string(_ value: String) {
         // Borrowed, not copied into a var for withUTF8: that copy cost a retain and release.
         let done: Void? = value.utf8.withContiguousStorageIfAvailable { stringValue(UnsafeRawBufferPointer($0)) }
         if done == nil { Array(value.utf8).withUnsafeBytes { stringValue($0) } }

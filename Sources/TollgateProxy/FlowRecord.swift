@@ -100,7 +100,8 @@ public struct FlowRecord {
         out.key("@timestamp"); out.timestamp(milliseconds: timestampMilliseconds)
         out.beginObject("event")
         out.key("id"); id.write(into: &out)
-        out.field("kind", "event")
+        // Constant values as literals: no String to pass, retain or scan for escapes.
+        out.key("kind"); out.literal(#""event""#)
         out.key("category")
         if method != nil { out.literal(#"["network","web"]"#) } else { out.literal(#"["network"]"#) }
         out.key("type")
@@ -113,7 +114,8 @@ public struct FlowRecord {
         }
         out.field("action", action.rawValue)
         out.field("duration", Int(durationNanoseconds))
-        out.field("outcome", errorType == nil && decision != "deny" ? "success" : "failure")
+        out.key("outcome")
+        if errorType == nil && decision != "deny" { out.literal(#""success""#) } else { out.literal(#""failure""#) }
         out.field("reason", reason)
         out.endObject()
         out.beginObject("source")
@@ -168,7 +170,7 @@ public struct FlowRecord {
         }
         out.beginObject("network")
         out.field("protocol", networkProtocol)
-        out.field("transport", "tcp")
+        out.key("transport"); out.literal(#""tcp""#)
         out.endObject()
         if ruleName != nil {
             out.beginObject("rule")
