@@ -150,34 +150,27 @@ long tg_deflate_chunk(const void *in, size_t len, void *out, size_t cap) {
 // Every byte as a 9-bit literal at worst, plus header, trailer and the writer's 8-byte stores.
 size_t tg_gzip_bound(size_t len) { return len + len / 8 + 64; }
 
-long tg_gunzip(const void *in, size_t len, void *out, size_t cap) {
+// zlib's inflate of a whole gzip stream (window_bits 15 + 16: must end) or of one raw deflate
+// chunk (-15: must be used up, ending on the sync flush).
+static long inflate_into(const void *in, size_t len, void *out, size_t cap, int window_bits) {
+    int whole = window_bits > 0;
     z_stream zs;
     memset(&zs, 0, sizeof zs);
-    if (inflateInit2(&zs, 15 + 16) != Z_OK) return -1;
+    if (inflateInit2(&zs, window_bits) != Z_OK) return -1;
     zs.next_in = (Bytef *)in;
     zs.avail_in = (uInt)len;
     zs.next_out = out;
     zs.avail_out = (uInt)cap;
-    int rc = inflate(&zs, Z_FINISH);
+    int rc = inflate(&zs, whole ? Z_FINISH : Z_SYNC_FLUSH);
     long produced = (long)zs.total_out;
+    int ok = whole ? rc == Z_STREAM_END : (rc == Z_OK || rc == Z_STREAM_END) && zs.avail_in == 0;
     inflateEnd(&zs);
-    return rc == Z_STREAM_END ? produced : -1;
+    return ok ? produced : -1;
 }
 
-long tg_inflate_chunk(const void *in, size_t len, void *out, size_t cap) {
-    z_stream zs;
-    memset(&zs, 0, sizeof zs);
-    if (inflateInit2(&zs, -15) != Z_OK) return -1;
-    zs.next_in = (Bytef *)in;
-    zs.avail_in = (uInt)len;
-    zs.next_out = out;
-    zs.avail_out = (uInt)cap;
-    int rc = inflate(&zs, Z_SYNC_FLUSH);
-    long produced = (long)zs.total_out;
-    int consumed = zs.avail_in == 0;
-    inflateEnd(&zs);
-    return (rc == Z_OK || rc == Z_STREAM_END) && consumed ? produced : -1;
-}
+long tg_gunzip(const void *in, size_t len, void *out, size_t cap) { return inflate_into(in, len, out, cap, 15 + 16); }
+
+long tg_inflate_chunk(const void *in, size_t len, void *out, size_t cap) { return inflate_into(in, len, out, cap, -15); }
 
 uint32_t tg_crc32_combine(uint32_t first, uint32_t second, size_t second_length) {
     return (uint32_t)crc32_combine(first, second, (z_off_t)second_length);

@@ -130,11 +130,7 @@ public struct JSONWriter: ~Copyable {
     /// A string value from raw bytes, escaped as needed.
     public mutating func stringValue(_ value: UnsafeRawBufferPointer) {
         reserve(Self.escapedBound(value.count) + 2)
-        storage[written] = UInt8(ascii: "\"")
-        written += 1
-        appendEscapedReserved(value)
-        storage[written] = UInt8(ascii: "\"")
-        written += 1
+        appendQuotedReserved(value)
         needsComma = true
     }
 
@@ -202,11 +198,7 @@ public struct JSONWriter: ~Copyable {
         separator()
         reserve(name.count + 3 + 8 + Self.escapedBound(value.count) + 2)
         appendLowercasedTokenKeyReserved(name)
-        storage[written] = UInt8(ascii: "\"")
-        written += 1
-        appendEscapedReserved(value)
-        storage[written] = UInt8(ascii: "\"")
-        written += 1
+        appendQuotedReserved(value)
         needsComma = true
     }
 
@@ -254,6 +246,15 @@ public struct JSONWriter: ~Copyable {
     public mutating func appendEscaped(_ value: UnsafeRawBufferPointer) {
         reserve(Self.escapedBound(value.count))
         appendEscapedReserved(value)
+    }
+
+    /// `value` escaped between quotes, into `escapedBound(value.count) + 2` reserved bytes.
+    private mutating func appendQuotedReserved(_ value: UnsafeRawBufferPointer) {
+        storage[written] = UInt8(ascii: "\"")
+        written += 1
+        appendEscapedReserved(value)
+        storage[written] = UInt8(ascii: "\"")
+        written += 1
     }
 
     /// Room `appendEscapedReserved` may need for `count` bytes: six per byte (`\u00XX`) and the
