@@ -475,7 +475,12 @@ public final class Spool: Sendable {
                     offset += size
                 }
             }
-            if offset < bytes.count { _ = truncate(path(segment), off_t(offset)) }
+            if offset < bytes.count {
+                // Half an entry after a crash is expected; more than that is worth a look.
+                Log.warning("elasticsearch spool \(path(segment)): \(bytes.count - offset) byte(s) after offset \(offset) " +
+                            "are not a whole, valid entry (a write cut short by a crash, or damage); cut off")
+                _ = truncate(path(segment), off_t(offset))
+            }
             state.segments[segment] = offset
             kept.append(segment)
         }
