@@ -544,7 +544,7 @@ extension ClientSession {
     /// The client is idle and its kept upstream's hold is over: the connection goes to the pool
     /// (or is closed) and the timer waits out the rest of the client's idle time. False if that
     /// is not the case.
-    func releaseHeldUpstream() -> Bool {
+    func releaseKeptUpstreamIfHoldIsOver() -> Bool {
         guard let kept, client.inbound.isEmpty, worker.loop.now - kept.since >= keptUpstreamHold else { return false }
         releaseKeptUpstream()
         timer.arm(at: kept.since + settings.timeouts.idle)

@@ -205,7 +205,7 @@ final class ClientSession: ConnectionDelegate, TimerTarget {
             // Nothing sent yet: a server-speaks-first protocol (SSH, SMTP...). Relay it as raw TCP.
             relayRawTCP()
         case .readingHead:
-            if releaseHeldUpstream() {
+            if releaseKeptUpstreamIfHoldIsOver() {
                 break
             } else if client.inbound.isEmpty && exchangeCount > 0 || client.inbound.isEmpty && draining {
                 close()
