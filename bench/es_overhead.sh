@@ -305,15 +305,21 @@ for round in $(seq 1 "$ROUNDS"); do
       file) F_RPS_RATIOS+=" $r_rps" F_CPU_RATIOS+=" $r_per" ;;
       es) E_RPS_RATIOS+=" $r_rps" E_CPU_RATIOS+=" $r_per" ;;
     esac
-    ROWS+="| $round | $(label_of "$config") | $(fmt_int "$rps") | $(result_field "$config" "$round" 4) ms | $(result_field "$config" "$round" 5) | $(result_field "$config" "$round" 3) | $per | $r_rps | $r_per | $(result_field "$config" "$round" 10) | $(result_field "$config" "$round" 6) | $(result_field "$config" "$round" 7) |"$'\n'
+    ROWS+="| $round | $(label_of "$config") | $(fmt_int "$rps") | $(result_field "$config" "$round" 4) ms | $(result_field "$config" "$round" 5) | $(result_field "$config" "$round" 3) | $per | $r_rps | $r_per | $(result_field "$config" "$round" 10) | $(result_field "$config" "$round" 11) | $(result_field "$config" "$round" 12) | $(result_field "$config" "$round" 6) | $(result_field "$config" "$round" 7) |"$'\n'
   done
 done
 E_RPS_MEDIAN=$(echo "$E_RPS_RATIOS" | median) E_CPU_MEDIAN=$(echo "$E_CPU_RATIOS" | median)
+THREAD_ROWS=""
+for config in nosink file es; do
+  loop=$(for round in $(seq 1 "$ROUNDS"); do result_field "$config" "$round" 11; done | median)
+  aux=$(for round in $(seq 1 "$ROUNDS"); do result_field "$config" "$round" 12; done | median)
+  THREAD_ROWS+="| $(label_of "$config") | $loop | $aux |"$'\n'
+done
 F_RPS_MEDIAN=$(echo "$F_RPS_RATIOS" | median) F_CPU_MEDIAN=$(echo "$F_CPU_RATIOS" | median)
 
 TABLE=$(cat <<EOF
-| Round | Tollgate (workers: 1, 1 CPU) | Requests/s | p99 latency | Requests | Proxy CPU-s | Requests per CPU-s | Requests/s vs 1 | Requests per CPU-s vs 1 | Periods at quota | Non-2xx/3xx | Socket errors |
-|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|
+| Round | Tollgate (workers: 1, 1 CPU) | Requests/s | p99 latency | Requests | Proxy CPU-s | Requests per CPU-s | Requests/s vs 1 | Requests per CPU-s vs 1 | Periods at quota | Event loop µs / request | Other threads µs / request | Non-2xx/3xx | Socket errors |
+|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|
 ${ROWS%$'\n'}
 
 Medians over the $ROUNDS rounds of each round's ratio to configuration 1:
@@ -324,6 +330,12 @@ Medians over the $ROUNDS rounds of each round's ratio to configuration 1:
 | 3. \`log.elasticsearch\` | **$E_RPS_MEDIAN ($(pct "$E_RPS_MEDIAN"))** | **$E_CPU_MEDIAN ($(pct "$E_CPU_MEDIAN"))** |
 
 Aim (issue 5): Elasticsearch logging on within 5% of logging off.
+
+Medians over the rounds of the CPU per request by thread (from \`/proc/<pid>/task/*/stat\`; steadier than the ratios above, which move with the whole proxy's run-to-run noise): the event loop encodes and hands records over, the other threads write and send them.
+
+| Configuration | Event loop µs / request | Other threads µs / request |
+|---|---:|---:|
+${THREAD_ROWS%$'\n'}
 
 Configuration 3 delivery, all rounds: the fake counted $E_DOCS_TOTAL documents in ${E_BULKS:-?} bulk requests; Tollgate served $E_SERVED_TOTAL HTTP requests (wrk completed $E_WRK_TOTAL in the warm-up and measured runs, plus the curl checks) and reports \`tollgate_es_records_shipped_total\` $E_SHIPPED_TOTAL (left queued $E_QUEUED, retried $E_RETRIED, dead-lettered $E_DEAD, dropped $E_DROPPED). fake_es.py used $ES_CPU_S CPU-s on CPU $ES_CPU$( [ "$ES_CPU" = "$LOAD_CPU" ] && echo " (shared with wrk)" || echo " (beside the capped proxy)").
 EOF
@@ -348,7 +360,7 @@ if [ "$WRITE_DOCS" -eq 1 ]; then
     echo "- Load, per configuration: \`wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s --latency $URL\` from \`worker\` on CPU $LOAD_CPU, after a ${WARMUP}s warm-up;" \
          "origin nginx (1 worker, access log off) in \`internet\` on CPU $ORIGIN_CPU; Tollgate (\`workers: 1\`) in \`gateway\` on CPU $PROXY_CPU behind the nftables redirect of tcp dport 80 to :$PORT$( [ "$PROXY_QUOTA" -gt 0 ] && echo ", capped at ${PROXY_QUOTA}% of that CPU by a cgroup quota (period 10 ms) so that the proxy, not wrk and the origin on the other CPU, limits requests/s; \"Periods at quota\" is the share of periods in which it used the whole quota")."
     echo "- Configurations, measured in turn in each of $ROUNDS rounds (Tollgate restarted for each): 1. no \`log\` section (requests counted, no record encoded: logging off); 2. \`log.file\` in the temp dir; 3. \`log.elasticsearch\` with \`url: [\"http://127.0.0.1:PORT\"]\` and \`spool\` in the temp dir, pointing at \`Tests/Integration/fake_es.py\` (gzip \`_bulk\`) in \`gateway\` on CPU $ES_CPU$ES_SCHED_NOTE, in \`count_only\` mode (it decompresses each bulk body and counts its items instead of parsing and storing every document in Python, which took as much CPU as wrk on the CPU they share)."
-    echo "- Proxy CPU-s: utime+stime of Tollgate (all threads, the shipper's included) from \`/proc/<pid>/stat\` over the measured run. Requests per CPU-s = completed requests / proxy CPU-s."
+    echo "- Proxy CPU-s: utime+stime of Tollgate (all threads, the shipper's included) from \`/proc/<pid>/stat\` over the measured run. Requests per CPU-s = completed requests / proxy CPU-s. Event loop and other threads µs / request: utime+stime of the \`tollgate-loopN\` threads and of all other threads (flow-log writer, spool writer, sender), per completed request."
     echo
     echo "$TABLE"
     if [ "${#NOTES[@]}" -gt 0 ]; then

@@ -317,6 +317,20 @@ cpu_ticks() {  # pids... -> "utime+stime utime" summed (all threads), in clock t
   echo "$total $user"
 }
 
+thread_ticks() {  # pids... -> "name ticks" per thread name (utime+stime, same-named threads summed), sorted
+  local pid task stat comm
+  local -a f
+  for pid in "$@"; do
+    for task in /proc/"$pid"/task/*; do
+      comm=$(cat "$task/comm" 2>/dev/null) || continue
+      stat=$(cat "$task/stat" 2>/dev/null) || continue
+      stat=${stat##*) }
+      read -r -a f <<<"$stat"
+      echo "$comm $((f[11] + f[12]))"
+    done
+  done | awk '{t[$1] += $2} END {for (c in t) print c, t[c]}' | sort
+}
+
 rss_kib() {  # pids... -> VmRSS summed, KiB
   local total=0 pid v
   for pid in "$@"; do
@@ -371,9 +385,10 @@ throttle_stat() {  # -> "periods throttled" of the proxy's cgroup so far
 # keeps the measured run's (measure's R_* globals); result_field KEY ROUND N reads the Nth:
 # 1 requests/s, 2 requests per CPU-s, 3 proxy CPU-s, 4 p99, 5 requests, 6 non-2xx,
 # 7 socket errors, 8 upstream conns opened, 9 user CPU µs per request (utime only),
-# 10 percent of 10 ms periods the proxy used its whole --proxy-quota in (n/a uncapped).
+# 10 percent of 10 ms periods the proxy used its whole --proxy-quota in (n/a uncapped),
+# 11 CPU µs per request of the event-loop threads, 12 of all other threads.
 declare -A RESULT
-keep_result() { RESULT[$1,$2]="$R_RPS $R_PER_CPU $R_CPU $R_P99 $R_REQS $R_NON2XX $R_SOCKERR $R_UPCONN $R_USER_US ${R_THROTTLED:-n/a}"; }
+keep_result() { RESULT[$1,$2]="$R_RPS $R_PER_CPU $R_CPU $R_P99 $R_REQS $R_NON2XX $R_SOCKERR $R_UPCONN $R_USER_US ${R_THROTTLED:-n/a} ${R_LOOP_US:-n/a} ${R_AUX_US:-n/a}"; }
 result_field() { echo "${RESULT[$1,$2]}" | awk -v i="$3" '{print $i}'; }
 
 # bench_stop_tollgate PID: SIGTERM, wait up to 10 s (then SIGKILL); notes a bad exit.
@@ -455,6 +470,7 @@ measure() {
   local busy_before busy_after
   busy_before=$(cpu_busy_ticks "$PROXY_CPU")
   before=$(cpu_ticks "${pids[@]}")
+  thread_ticks "${pids[@]}" >"$TMP/threads-$name.before"
   local throttle_before=
   [ -z "$CGROUP_DIR" ] || throttle_before=$(throttle_stat)
   local wrk_ok=1 profiler=
@@ -466,6 +482,7 @@ measure() {
   in_ns "$NS_W" taskset -c "$LOAD_CPU" wrk "$@" -d"${duration}s" >"$out" 2>&1 || wrk_ok=0
   [ -z "$profiler" ] || wait "$profiler" 2>/dev/null || true
   after=$(cpu_ticks "${pids[@]}")
+  thread_ticks "${pids[@]}" >"$TMP/threads-$name.after"
   busy_after=$(cpu_busy_ticks "$PROXY_CPU")
   all_proc_ticks >"$TMP/procs-$name.after"
   acc_after=$(origin_accepts)
@@ -483,6 +500,12 @@ measure() {
   # The proxy's own code (user time) per request: kernel networking is most of the rest.
   R_USER_US=$(awk -v t=$((${after#* } - ${before#* })) -v hz="$CLK_TCK" -v r="$R_REQS" 'BEGIN {printf "%.2f", t / hz / r * 1e6}')
   R_PER_CPU=$(awk -v r="$R_REQS" -v c="$R_CPU" 'BEGIN { if (c > 0) printf "%.0f", r / c; else print "n/a" }')
+  # CPU per request of the event loops (threads named *-loopN) and of every other thread
+  # (Tollgate's flow-log, spool and sender threads): what a sink costs, without the whole
+  # proxy's run-to-run noise.
+  read -r R_LOOP_US R_AUX_US < <(join "$TMP/threads-$name.before" "$TMP/threads-$name.after" |
+    awk -v hz="$CLK_TCK" -v r="$R_REQS" '{d = $3 - $2; if ($1 ~ /-loop[0-9]+$/) l += d; else a += d}
+      END {if (r > 0) printf "%.2f %.2f\n", l / hz / r * 1e6, a / hz / r * 1e6; else print "n/a n/a"}')
   # Everything the proxy's CPU did meanwhile (the proxy, softirq network work that ran
   # outside it, anything else scheduled there), and who used the most CPU.
   R_CPU_BUSY=$(awk -v t=$((busy_after - busy_before)) -v hz="$CLK_TCK" 'BEGIN {printf "%.2f", t / hz}')
