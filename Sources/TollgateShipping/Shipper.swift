@@ -45,7 +45,9 @@ public final class Shipper: Sendable {
         self.settings = settings
         nodes = settings.urls.compactMap(Node.init(url:))
         queue = Mutex(BulkRecords(index: settings.index))
-        spool = try Spool(directory: settings.spool)
+        // Acknowledged bytes count against spool_bytes until their segment rolls: segments of
+        // a quarter of the limit at most keep that share small.
+        spool = try Spool(directory: settings.spool, segmentBytes: min(16 << 20, max(settings.spoolBytes / 4, 4096)))
         if spool.unacknowledged.records > 0 {
             Log.info("elasticsearch spool: \(spool.unacknowledged.records) record(s) from an earlier run will be delivered")
         }
@@ -151,15 +153,19 @@ public final class Shipper: Sendable {
     }
 
     /// Writes `batch` as entries of at most a `_bulk` batch each, so the sender's batches are
-    /// whole entries.
+    /// whole entries; near the size limit, entries shrink to what still fits.
     private func spoolAll(_ batch: BulkRecords, using entry: inout SpoolEntryBuilder) -> SpoolOutcome {
         var first = 0
         while first < batch.count {
-            let records = batch.prefix(from: first, maxRecords: settings.batchRecords, maxBytes: settings.batchBytes)
-            guard entry.build(batch, records) else {
-                return .failed(first: first, SystemError(call: "compress", errno: Errno(rawValue: EOVERFLOW)))
+            let used = spool.totalBytes
+            // Full: nothing is compressed only to be dropped or held back.
+            if used >= settings.spoolBytes { return .full(first: first) }
+            let wanted = batch.prefix(from: first, maxRecords: settings.batchRecords, maxBytes: settings.batchBytes)
+            // An empty spool takes an entry of one record whatever its size: a record larger
+            // than the whole limit must not hold everything behind it forever.
+            guard let records = entry.build(batch, wanted, fitting: used == 0 ? Int.max : settings.spoolBytes - used) else {
+                return .full(first: first)
             }
-            if spool.totalBytes + entry.size > settings.spoolBytes { return .full(first: first) }
             let written = entry.withEntry { bytes in Result { () throws(SystemError) in try spool.append(entry: bytes) } }
             if case .failure(let error) = written { return .failed(first: first, error) }
             first = records.upperBound
@@ -183,6 +189,7 @@ public final class Shipper: Sendable {
         var sender = Sender(shipper: self, settings: settings, nodes: nodes, client: client)
         var cursor = spool.acknowledgedPosition
         var waitingSince: UInt64?
+        var reportedUnreadable = false
         var storage: [UInt8] = []
         while !stopping.load(ordering: .acquiring) {
             let end = spool.endPosition
@@ -196,7 +203,18 @@ public final class Shipper: Sendable {
             if !full && now - waitingSince! < settings.flushInterval { usleep(20_000); continue }
             let (batch, next) = spool.read(from: cursor, maxRecords: settings.batchRecords, maxBytes: settings.batchBytes,
                                            reusing: &storage)
-            if batch.count == 0 { cursor = next; continue }
+            if batch.count == 0 {
+                if next == cursor {
+                    // An entry that cannot be read (an I/O error, a file changed behind our back):
+                    // try again later rather than spin.
+                    if !reportedUnreadable { Log.error("elasticsearch spool: cannot read the entry at \(cursor); retrying") }
+                    reportedUnreadable = true
+                    usleep(200_000)
+                }
+                cursor = next
+                continue
+            }
+            reportedUnreadable = false
             guard sender.deliver(batch) else { return }
             cursor = next
             spool.acknowledge(batch, upTo: next)

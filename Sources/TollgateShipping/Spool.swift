@@ -160,8 +160,21 @@ public struct SpoolEntryBuilder {
 
     public init() {}
 
-    /// Compresses records `range` of `records` into the entry; false if they cannot be framed.
-    public mutating func build(_ records: BulkRecords, _ range: Range<Int>) -> Bool {
+    /// Compresses the records of `range`, or the longest leading part of it whose entry is at
+    /// most `maxSize` bytes (halving the part until it fits); returns the records the entry
+    /// holds, nil when not even the first one fits.
+    public mutating func build(_ records: BulkRecords, _ range: Range<Int>, fitting maxSize: Int) -> Range<Int>? {
+        var part = range
+        while true {
+            build(records, part)
+            if size <= maxSize { return part }
+            if part.count == 1 { return nil }
+            part = part.lowerBound..<(part.lowerBound + part.count / 2)
+        }
+    }
+
+    /// Compresses the records of `range` into the entry.
+    public mutating func build(_ records: BulkRecords, _ range: Range<Int>) {
         let plain = records.byteRange(range)
         let bodyStart = Spool.headerSize + Spool.chunkFieldsSize
         let needed = bodyStart + tg_gzip_bound(plain.count)
@@ -170,7 +183,8 @@ public struct SpoolEntryBuilder {
             let lines = UnsafeRawBufferPointer(rebasing: source[plain])
             return buffer.withUnsafeMutableBytes { entry -> Int in
                 let chunk = tg_deflate_chunk(lines.baseAddress, lines.count, entry.baseAddress! + bodyStart, entry.count - bodyStart)
-                guard chunk >= 0 else { return 0 }
+                // Fails only past 4 GiB of input; a chunk is at most batch_bytes (512 MiB at most).
+                precondition(chunk >= 0, "a spool chunk of \(lines.count) bytes did not compress")
                 let bodyLength = Spool.chunkFieldsSize + chunk
                 entry.storeBytes(of: Spool.magic, as: UInt8.self)
                 entry.storeBytes(of: UInt32(bodyLength).littleEndian, toByteOffset: 4, as: UInt32.self)
@@ -182,7 +196,6 @@ public struct SpoolEntryBuilder {
                 return Spool.headerSize + bodyLength
             }
         }
-        return size > 0
     }
 
     /// The entry built last, valid only inside `body`.
@@ -274,7 +287,7 @@ public final class Spool: Sendable {
     /// were never released.)
     static let magic: UInt8 = 0xA7
     /// Segments roll over at this size so acknowledged data is freed in steps.
-    private static let segmentBytes = 16 << 20
+    private let segmentBytes: Int
 
     private struct State {
         var segments: [UInt64: Int] = [:]
@@ -295,8 +308,11 @@ public final class Spool: Sendable {
 
     /// Opens (creating) the spool directory and recovers what a previous run left: entries
     /// after the last acknowledged position are delivered again (their `_id`s make that safe).
-    public init(directory: String) throws(SystemError) {
+    /// `segmentBytes`: the size at which segments roll over; acknowledged bytes of the active
+    /// segment stay on disk until it rolls, so a small spool needs small segments.
+    public init(directory: String, segmentBytes: Int = 16 << 20) throws(SystemError) {
         self.directory = directory
+        self.segmentBytes = segmentBytes
         if mkdir(directory, 0o700) != 0 && errno != EEXIST { throw SystemError(call: "mkdir(\(directory))", errno: Errno(rawValue: errno)) }
         try state.withLock { (state) throws(SystemError) in try recover(&state) }
     }
@@ -314,7 +330,7 @@ public final class Spool: Sendable {
         let byteCount = entry.count
         let (records, plainBytes) = Self.chunkCounts(entry, at: 0)
         try state.withLock { (state) throws(SystemError) in
-            if state.activeFD < 0 || state.segments[state.active, default: 0] >= Self.segmentBytes {
+            if state.activeFD < 0 || state.segments[state.active, default: 0] >= segmentBytes {
                 try roll(&state)
             }
             do throws(SystemError) {
@@ -325,7 +341,7 @@ public final class Spool: Sendable {
                 _ = ftruncate(state.activeFD, off_t(state.segments[state.active, default: 0]))
                 throw error
             }
-            if state.recent.count + byteCount <= Self.segmentBytes {
+            if state.recent.count + byteCount <= segmentBytes {
                 state.recent.append(contentsOf: entry)
             } else {
                 // Bounded like a segment: past that, this write is read back from the file.
@@ -434,6 +450,9 @@ public final class Spool: Sendable {
         if state.activeFD >= 0 {
             _ = fdatasync(state.activeFD)
             close(state.activeFD)
+            // Not left pointing at the closed number if the open below fails: the number may
+            // be reused (a client socket) before the next append.
+            state.activeFD = -1
             state.active += 1
         }
         let fd = open(path(state.active), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o600)

@@ -110,7 +110,7 @@ func benchRecords() {
         record.encode(into: &writer, id: id, observer: observer, redaction: redaction)
         writer.withBytes { queue.append(timestampMilliseconds: record.timestampMilliseconds, id: id, document: UnsafeRawBufferPointer(rebasing: $0.dropLast())) }
         if queue.count == 5000 {
-            guard entry.build(queue, 0..<queue.count) else { fatalError("spool entry") }
+            entry.build(queue, 0..<queue.count)
             spooledBytes += entry.size
             entry.withEntry { bulk.join(SpoolBatch(entry: $0), into: &body) }
             bytesOut += body.count

@@ -24,8 +24,7 @@ extension Spool {
     fileprivate func append(_ records: BulkRecords, perEntry: Int = 10) throws {
         var entry = SpoolEntryBuilder()
         for first in stride(from: 0, to: records.count, by: perEntry) {
-            let built = entry.build(records, first..<min(first + perEntry, records.count))
-            #expect(built)
+            entry.build(records, first..<min(first + perEntry, records.count))
             try entry.withEntry { try append(entry: $0) }
         }
     }
@@ -63,6 +62,44 @@ private func documents(_ range: Range<Int>) -> [String] { range.map { "{\"n\":\(
         #expect(spool.read(from: spool.acknowledgedPosition, maxRecords: 1000, maxBytes: twoEntries).batch.count == 20)
         #expect(spool.read(from: spool.acknowledgedPosition, maxRecords: 1000, maxBytes: twoEntries - 1).batch.count == 10)
         #expect(spool.read(from: spool.acknowledgedPosition, maxRecords: 3, maxBytes: 10).batch.count == 10)
+    }
+
+    @Test func entriesShrinkToTheRoomLeftAndNeverBelowOneRecord() throws {
+        var entry = SpoolEntryBuilder()
+        let many = records(0..<1000)
+        entry.build(many, 0..<1000)
+        let whole = entry.size
+        let shrunk = entry.build(many, 0..<1000, fitting: whole / 3)
+        let part = try #require(shrunk)
+        #expect(part.lowerBound == 0 && part.count < 1000 && part.count >= 125)
+        #expect(entry.size <= whole / 3)
+        let all = entry.build(many, 0..<1000, fitting: whole)
+        #expect(all == 0..<1000)
+        let none = entry.build(many, 5..<1000, fitting: 20)
+        #expect(none == nil)  // not even one record
+        // What was built last is a valid entry holding exactly the records it names.
+        let spool = try Spool(directory: temporaryDirectory())
+        let tenth = entry.build(many, 10..<1000, fitting: whole / 10)
+        #expect(tenth != nil)
+        try entry.withEntry { try spool.append(entry: $0) }
+        let (batch, _) = spool.read(from: spool.acknowledgedPosition, maxRecords: 10_000, maxBytes: 1 << 30)
+        #expect(batch.documents == documents(10..<(10 + batch.count)))
+    }
+
+    @Test func smallSegmentsFreeAcknowledgedBytesUnderSteadyLoad() throws {
+        // Appends keep coming while each batch is acknowledged, so the active segment is never
+        // all acknowledged at once; with segments of a quarter of the limit, rolled ones go.
+        let spool = try Spool(directory: temporaryDirectory(), segmentBytes: 4096)
+        var cursor = spool.acknowledgedPosition
+        try spool.append(records(0..<50))
+        for round in 1...40 {
+            try spool.append(records((round * 50)..<(round * 50 + 50)))
+            let (batch, next) = spool.read(from: cursor, maxRecords: 50, maxBytes: 1 << 20)
+            spool.acknowledge(batch, upTo: next)
+            cursor = next
+        }
+        #expect(spool.unacknowledged.records == 50)
+        #expect(spool.totalBytes < 3 * 4096)
     }
 
     @Test func entriesAreCompressed() throws {
@@ -188,8 +225,7 @@ private func documents(_ range: Range<Int>) -> [String] { range.map { "{\"n\":\(
         var joined: [UInt8] = []
         let all = records(0..<3)
         for range in [0..<2, 2..<3] {
-            let built = entry.build(all, range)
-            #expect(built)
+            entry.build(all, range)
             entry.withEntry { joined.append(contentsOf: $0) }
         }
         let batch = SpoolBatch(entry: joined.withUnsafeBytes { $0 })
