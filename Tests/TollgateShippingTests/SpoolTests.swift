@@ -102,6 +102,26 @@ private func documents(_ range: Range<Int>) -> [String] { range.map { "{\"n\":\(
         #expect(spool.totalBytes < 3 * 4096)
     }
 
+    @Test func readsAcrossSegmentRollsFromMemoryAndFromTheFiles() throws {
+        let directory = temporaryDirectory()
+        let spool = try Spool(directory: directory, segmentBytes: 2048)
+        try spool.append(records(0..<600), perEntry: 20)  // thirty entries over several segments
+        let segments = try FileManager.default.contentsOfDirectory(atPath: directory).filter { $0.hasSuffix(".seg") }
+        #expect(segments.count > 2)
+        // The writing spool (its last segment from memory), then a fresh one over the files.
+        for reader in [spool, try Spool(directory: directory, segmentBytes: 2048)] {
+            var cursor = reader.acknowledgedPosition
+            var seen: [String] = []
+            while true {
+                let (batch, next) = reader.read(from: cursor, maxRecords: 70, maxBytes: 1 << 20)
+                if batch.count == 0 && next == cursor { break }
+                seen += batch.documents
+                cursor = next
+            }
+            #expect(seen == documents(0..<600))
+        }
+    }
+
     @Test func entriesAreCompressed() throws {
         let spool = try Spool(directory: temporaryDirectory())
         let many = records(0..<2000)
