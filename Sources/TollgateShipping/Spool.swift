@@ -358,11 +358,17 @@ public final class Spool: Sendable {
 
     /// fsync of the active segment when something was written since the last call.
     public func sync() {
+        // A duplicate, synced outside the lock (which /metrics takes on an event loop): a roll
+        // by the sender's acknowledgement may close the original meanwhile, and its number
+        // be reused, but the duplicate still names the segment.
         let fd = state.withLock { state -> CInt in
             defer { state.dirty = false }
-            return state.dirty ? state.activeFD : -1
+            return state.dirty && state.activeFD >= 0 ? dup(state.activeFD) : -1
         }
-        if fd >= 0 { _ = fdatasync(fd) }
+        if fd >= 0 {
+            _ = fdatasync(fd)
+            close(fd)
+        }
     }
 
     /// Reads whole entries from `position` up to the end written so far: at least one, then as
