@@ -305,6 +305,11 @@ public final class Spool: Sendable {
 
     public let directory: String
     private let state = Mutex(State())
+    /// The sizes `/metrics` and the writers ask for, copied out after every change: an event
+    /// loop serving `/metrics` must not wait on the lock the writer holds through write(2).
+    private let publishedBytes = Atomic<Int>(0)
+    private let publishedRecords = Atomic<Int>(0)
+    private let publishedPlainBytes = Atomic<Int>(0)
 
     /// Opens (creating) the spool directory and recovers what a previous run left: entries
     /// after the last acknowledged position are delivered again (their `_id`s make that safe).
@@ -314,14 +319,19 @@ public final class Spool: Sendable {
         self.directory = directory
         self.segmentBytes = segmentBytes
         if mkdir(directory, 0o700) != 0 && errno != EEXIST { throw SystemError(call: "mkdir(\(directory))", errno: Errno(rawValue: errno)) }
-        try state.withLock { (state) throws(SystemError) in try recover(&state) }
+        try state.withLock { (state) throws(SystemError) in
+            try recover(&state)
+            publish(state)
+        }
     }
 
     /// Bytes of all segment files.
-    public var totalBytes: Int { state.withLock { $0.segments.values.reduce(0, +) } }
+    public var totalBytes: Int { publishedBytes.load(ordering: .relaxed) }
     /// Records appended and not yet acknowledged, and their `_bulk` lines' uncompressed size:
     /// whether a batch is due, without reading it.
-    public var unacknowledged: (records: Int, plainBytes: Int) { state.withLock { ($0.records, $0.plainBytes) } }
+    public var unacknowledged: (records: Int, plainBytes: Int) {
+        (publishedRecords.load(ordering: .relaxed), publishedPlainBytes.load(ordering: .relaxed))
+    }
     public var endPosition: SpoolPosition { state.withLock { $0.end } }
     public var acknowledgedPosition: SpoolPosition { state.withLock { $0.acked } }
 
@@ -353,7 +363,15 @@ public final class Spool: Sendable {
             state.records += records
             state.plainBytes += plainBytes
             state.dirty = true
+            publish(state)
         }
+    }
+
+    /// Copies the sizes out of `state` (called with the lock held, after every change).
+    private func publish(_ state: State) {
+        publishedBytes.store(state.segments.values.reduce(0, +), ordering: .relaxed)
+        publishedRecords.store(state.records, ordering: .relaxed)
+        publishedPlainBytes.store(state.plainBytes, ordering: .relaxed)
     }
 
     /// fsync of the active segment when something was written since the last call.
@@ -439,6 +457,7 @@ public final class Spool: Sendable {
                 if (try? roll(&state)) == nil { old.removeLast() }
             }
             for segment in old { state.segments[segment] = nil }
+            publish(state)
             return old
         }
         for segment in doomed { unlink(path(segment)) }
