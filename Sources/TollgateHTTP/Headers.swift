@@ -109,13 +109,20 @@ public struct Headers: Sendable {
     private static func isConnection(_ known: KnownHeader) -> Bool { known == .connection || known == .proxyConnection }
 
     /// True when some item of a comma-separated field of a kind `isList` accepts satisfies `matches`.
-    /// Items are read in place: slices of the head's array retained and released it per item.
     private func containsListItem(in isList: (KnownHeader) -> Bool, where matches: (UnsafeRawBufferPointer) -> Bool) -> Bool {
-        bytes.withUnsafeBytes { raw in
+        !forEachListItem(in: isList) { !matches($0) }
+    }
+
+    /// Visits, in order, the items of the comma-separated fields of a kind `isList` accepts until
+    /// `visit` returns false; false when it did. Items are views into the head's bytes: slices
+    /// of its array retained and released it per item.
+    @discardableResult @inline(__always)
+    func forEachListItem<E: Error>(in isList: (KnownHeader) -> Bool, _ visit: (UnsafeRawBufferPointer) throws(E) -> Bool) throws(E) -> Bool {
+        try withBytes(bytes) { (raw) throws(E) -> Bool in
             for field in fields where isList(field.known) {
-                for item in ListItems(UnsafeRawBufferPointer(rebasing: raw[field.valueRange])) where matches(item) { return true }
+                for item in ListItems(UnsafeRawBufferPointer(rebasing: raw[field.valueRange])) where try !visit(item) { return false }
             }
-            return false
+            return true
         }
     }
 }
