@@ -122,9 +122,7 @@ public struct JSONWriter: ~Copyable {
     }
 
     @inlinable @inline(__always) public mutating func string(_ value: String) {
-        // Borrowed, not copied into a var for withUTF8: that copy cost a retain and release.
-        let done: Void? = value.utf8.withContiguousStorageIfAvailable { stringValue(UnsafeRawBufferPointer($0)) }
-        if done == nil { Array(value.utf8).withUnsafeBytes { stringValue($0) } }
+        Self.withUTF8(value) { stringValue($0) }
     }
 
     /// A string value from raw bytes, escaped as needed.
@@ -238,8 +236,15 @@ public struct JSONWriter: ~Copyable {
 
     /// Appends a String inside an open string, escaped.
     public mutating func appendEscaped(_ value: String) {
-        let done: Void? = value.utf8.withContiguousStorageIfAvailable { appendEscaped(UnsafeRawBufferPointer($0)) }
-        if done == nil { Array(value.utf8).withUnsafeBytes { appendEscaped($0) } }
+        Self.withUTF8(value) { appendEscaped($0) }
+    }
+
+    /// Calls `body` with the String's UTF-8 bytes, borrowed (copying it into a var for
+    /// `withUTF8` cost a retain and release), or copied when it has no contiguous storage.
+    @inlinable @inline(__always)
+    static func withUTF8(_ value: String, _ body: (UnsafeRawBufferPointer) -> Void) {
+        let done: Void? = value.utf8.withContiguousStorageIfAvailable { body(UnsafeRawBufferPointer($0)) }
+        if done == nil { Array(value.utf8).withUnsafeBytes(body) }
     }
 
     /// Appends `value` inside an open string, escaping what JSON requires.
