@@ -122,16 +122,33 @@ static size_t flush_bits(bit_writer *w) {
     return w->at;
 }
 
+size_t tg_gzip_start(void *out) {
+    // RFC 1952 §2.3: deflate, no name or time, fastest compression, unknown OS.
+    static const unsigned char header[TG_GZIP_FRAME_BYTES] = {0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 4, 0xff};
+    memcpy(out, header, sizeof header);
+    return sizeof header;
+}
+
+// The member's trailer: CRC-32 and length (mod 2^32) of the uncompressed data.
+static size_t put_trailer(unsigned char *out, uint32_t crc, uint64_t len) {
+    uint32_t trailer[2] = {crc, (uint32_t)len};  // little-endian hosts
+    memcpy(out, trailer, sizeof trailer);
+    return sizeof trailer;
+}
+
+size_t tg_gzip_finish_chunks(void *out, uint32_t crc, uint64_t len) {
+    unsigned char *at = out;
+    at[0] = 0x03;  // BFINAL, fixed Huffman, and the end-of-block code: an empty final block
+    at[1] = 0x00;
+    return 2 + put_trailer(at + 2, crc, len);
+}
+
 long tg_gzip(const void *in, size_t len, void *out, size_t cap) {
     if (cap < tg_gzip_bound(len) || len > 0xFFFFFFF0u) return -1;
-    static const unsigned char header[10] = {0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 4, 0xff};
-    memcpy(out, header, sizeof header);
-    bit_writer w = {.out = out, .at = sizeof header};
+    bit_writer w = {.out = out, .at = tg_gzip_start(out)};
     deflate_block(&w, in, len, 1);
     flush_bits(&w);
-    uint32_t trailer[2] = {tg_crc32(0, in, len), (uint32_t)len};  // little-endian hosts
-    memcpy(w.out + w.at, trailer, 8);
-    return (long)(w.at + 8);
+    return (long)(w.at + put_trailer(w.out + w.at, tg_crc32(0, in, len), len));
 }
 
 long tg_deflate_chunk(const void *in, size_t len, void *out, size_t cap) {

@@ -434,15 +434,20 @@ public struct BulkBody {
     /// CRC-32 of the chunks' plain lines, combined from theirs).
     public mutating func join(_ batch: SpoolBatch, into body: inout [UInt8]) {
         body.removeAll(keepingCapacity: true)
-        body.append(contentsOf: [0x1F, 0x8B, 8, 0, 0, 0, 0, 0, 4, 0xFF])
+        Self.appendFrame(to: &body) { tg_gzip_start($0) }
         var crc: UInt32 = 0
         for chunk in batch.chunks {
             body.append(contentsOf: batch.bytes[chunk.range])
             crc = tg_crc32_combine(crc, chunk.plainCRC, chunk.plainLength)
         }
-        body.append(contentsOf: [0x03, 0x00])  // BFINAL, fixed Huffman, end of block
-        withUnsafeBytes(of: crc.littleEndian) { body.append(contentsOf: $0) }
-        withUnsafeBytes(of: UInt32(truncatingIfNeeded: batch.plainBytes).littleEndian) { body.append(contentsOf: $0) }
+        Self.appendFrame(to: &body) { tg_gzip_finish_chunks($0, crc, UInt64(batch.plainBytes)) }
+    }
+
+    /// Appends what `write` puts in a scratch of TG_GZIP_FRAME_BYTES (a gzip header or end).
+    static func appendFrame(to body: inout [UInt8], _ write: (UnsafeMutableRawPointer) -> Int) {
+        var frame: (UInt64, UInt64) = (0, 0)
+        let count = withUnsafeMutableBytes(of: &frame) { write($0.baseAddress!) }
+        withUnsafeBytes(of: frame) { body.append(contentsOf: $0.prefix(count)) }
     }
 
     /// The records at `indices`, gzip-compressed (true), or plain if they are too large for

@@ -285,7 +285,8 @@ private func documents(_ range: Range<Int>) -> [String] { range.map { "{\"n\":\(
         let json = Array((0..<3000).map { "{\"n\":\($0),\"url\":\"https://api.example.com/v1/items/\($0 * 7919 % 1000)\"}\n" }.joined().utf8)
         let random = (0..<50_000).map { _ in UInt8.random(in: 0...255, using: &generator) }
         for input in [json, random, [], Array("x".utf8)] {
-            var body: [UInt8] = [0x1F, 0x8B, 8, 0, 0, 0, 0, 0, 4, 0xFF]
+            var body: [UInt8] = []
+            BulkBody.appendFrame(to: &body) { tg_gzip_start($0) }
             var crc: UInt32 = 0
             let cuts = input.isEmpty ? [0..<0] : stride(from: 0, to: input.count, by: 7001).map { $0..<min($0 + 7001, input.count) }
             for cut in cuts {
@@ -300,9 +301,7 @@ private func documents(_ range: Range<Int>) -> [String] { range.map { "{\"n\":\(
                 body += chunk
                 crc = tg_crc32_combine(crc, piece.withUnsafeBytes { tg_crc32(0, $0.baseAddress, $0.count) }, piece.count)
             }
-            body += [0x03, 0x00]
-            withUnsafeBytes(of: crc.littleEndian) { body += $0 }
-            withUnsafeBytes(of: UInt32(input.count).littleEndian) { body += $0 }
+            BulkBody.appendFrame(to: &body) { tg_gzip_finish_chunks($0, crc, UInt64(input.count)) }
             var plain = [UInt8](repeating: 0, count: input.count + 1)
             let size = body.withUnsafeBytes { gz in plain.withUnsafeMutableBytes { tg_gunzip(gz.baseAddress, gz.count, $0.baseAddress, $0.count) } }
             #expect(size == input.count && Array(plain.prefix(input.count)) == input, "\(input.count) bytes in \(cuts.count) chunks")

@@ -76,6 +76,13 @@ long tg_gunzip(const void *in, size_t len, void *out, size_t cap);
 /// compressed apart can be concatenated into one stream; returns the size or -1. `cap` must be
 /// at least tg_gzip_bound(len).
 long tg_deflate_chunk(const void *in, size_t len, void *out, size_t cap);
+/// The most bytes tg_gzip_start and tg_gzip_finish_chunks write.
+#define TG_GZIP_FRAME_BYTES 10
+/// Writes a gzip member's header (before tg_deflate_chunk chunks); returns its size.
+size_t tg_gzip_start(void *out);
+/// Ends a gzip member made of tg_deflate_chunk chunks: an empty final block and the trailer,
+/// with the CRC-32 and length of all the chunks' uncompressed data; returns the size written.
+size_t tg_gzip_finish_chunks(void *out, uint32_t crc, uint64_t len);
 /// Inflates one tg_deflate_chunk chunk into `out`; returns the size or -1.
 long tg_inflate_chunk(const void *in, size_t len, void *out, size_t cap);
 /// The CRC-32 of two pieces laid end to end, from the CRC-32 of each (zlib's crc32_combine).
