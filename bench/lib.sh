@@ -304,29 +304,27 @@ proc_tree() {  # pid -> the pid and all its descendants
   for child in $(pgrep -P "$pid" 2>/dev/null); do proc_tree "$child"; done
 }
 
-cpu_ticks() {  # pids... -> "utime+stime utime" summed (all threads), in clock ticks
-  local total=0 user=0 pid stat
+stat_ticks() {  # a /proc/.../stat file -> "utime+stime utime" in clock ticks (nothing if gone)
+  local stat
   local -a f
-  for pid in "$@"; do
-    stat=$(cat "/proc/$pid/stat" 2>/dev/null) || continue
-    stat=${stat##*) }
-    read -r -a f <<<"$stat"
-    total=$((total + f[11] + f[12]))   # fields 14 and 15 of stat(5)
-    user=$((user + f[11]))
-  done
-  echo "$total $user"
+  stat=$(cat "$1" 2>/dev/null) || return 0
+  stat=${stat##*) }
+  read -r -a f <<<"$stat"
+  echo "$((f[11] + f[12])) ${f[11]}"   # fields 14 and 15 of stat(5)
+}
+
+cpu_ticks() {  # pids... -> "utime+stime utime" summed (all threads), in clock ticks
+  local pid
+  for pid in "$@"; do stat_ticks "/proc/$pid/stat"; done | awk '{t += $1; u += $2} END {print t + 0, u + 0}'
 }
 
 thread_ticks() {  # pids... -> "name ticks" per thread name (utime+stime, same-named threads summed), sorted
-  local pid task stat comm
-  local -a f
+  local pid task comm ticks
   for pid in "$@"; do
     for task in /proc/"$pid"/task/*; do
       comm=$(cat "$task/comm" 2>/dev/null) || continue
-      stat=$(cat "$task/stat" 2>/dev/null) || continue
-      stat=${stat##*) }
-      read -r -a f <<<"$stat"
-      echo "$comm $((f[11] + f[12]))"
+      ticks=$(stat_ticks "$task/stat")
+      [ -n "$ticks" ] && echo "$comm ${ticks% *}"
     done
   done | awk '{t[$1] += $2} END {for (c in t) print c, t[c]}' | sort
 }
