@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import CTollgateShim
 
 /// Writes JSON straight into bytes — flow records, error bodies, bulk dead letters — without
 /// Foundation coders or per-value allocations: one growable buffer, reused across records.
@@ -184,7 +185,7 @@ public struct JSONWriter: ~Copyable {
     /// A key given as bytes that need no escaping (HTTP header names are tokens), lower-cased.
     public mutating func lowercasedTokenKey(_ name: UnsafeRawBufferPointer) {
         separator()
-        reserve(name.count + 3 + 8)  // 8: the last word's overhang
+        reserve(name.count + 3 + 16)  // 16: the last vector's overhang
         appendLowercasedTokenKeyReserved(name)
         needsComma = false
     }
@@ -194,30 +195,18 @@ public struct JSONWriter: ~Copyable {
     /// writes a dozen of these).
     public mutating func lowercasedTokenMember(_ name: UnsafeRawBufferPointer, value: UnsafeRawBufferPointer) {
         separator()
-        reserve(name.count + 3 + 8 + Self.escapedBound(value.count) + 2)
+        reserve(name.count + 3 + 16 + Self.escapedBound(value.count) + 2)
         appendLowercasedTokenKeyReserved(name)
         appendQuotedReserved(value)
         needsComma = true
     }
 
-    /// `"name":` with the name lower-cased eight bytes at a time; the caller reserved
-    /// `name.count + 3 + 8` bytes.
+    /// `"name":` with the name lower-cased; the caller reserved `name.count + 3 + 16` bytes.
     private mutating func appendLowercasedTokenKeyReserved(_ name: UnsafeRawBufferPointer) {
         storage[written] = UInt8(ascii: "\"")
         written += 1
-        if let source = name.baseAddress {
-            let ones: UInt64 = 0x0101_0101_0101_0101
-            var index = 0
-            while index < name.count {
-                let word = Self.word(source, at: index, count: name.count)
-                // High bit of each byte that is an ASCII capital (both sums stay inside their byte).
-                let heptets = word & (ones &* 0x7F)
-                let capitals = (heptets &+ ones &* 0x3F) & ~(heptets &+ ones &* 0x25) & ~word & (ones &* 0x80)
-                (UnsafeMutableRawPointer(storage) + written).storeBytes(of: word | capitals >> 2, as: UInt64.self)
-                written += min(8, name.count - index)
-                index += 8
-            }
-        }
+        if let source = name.baseAddress { tg_lowercase_token(storage + written, source, name.count) }
+        written += name.count
         storage[written] = UInt8(ascii: "\"")
         storage[written + 1] = UInt8(ascii: ":")
         written += 2
@@ -263,84 +252,16 @@ public struct JSONWriter: ~Copyable {
     }
 
     /// Room `appendEscapedReserved` may need for `count` bytes: six per byte (`\u00XX`) and the
-    /// last word's overhang.
-    private static func escapedBound(_ count: Int) -> Int { 6 * count + 8 }
+    /// last vector's overhang.
+    private static func escapedBound(_ count: Int) -> Int { 6 * count + 16 }
 
-    /// `appendEscaped` into reserved room. Eight bytes at a time while none needs escaping
-    /// (nearly always), stored as words rather than through memmove: most values are header
-    /// values a few dozen bytes long, where a call costs more than the copy.
+    /// `appendEscaped` into reserved room (tg_json_escape: sixteen bytes at a time).
     private mutating func appendEscapedReserved(_ value: UnsafeRawBufferPointer) {
         guard let source = value.baseAddress else { return }
-        let count = value.count
-        var index = 0
-        while index < count {
-            let word = Self.word(source, at: index, count: count)
-            if !Self.needsEscaping(word) {
-                (UnsafeMutableRawPointer(storage) + written).storeBytes(of: word, as: UInt64.self)
-                written += min(8, count - index)
-                index += 8
-                continue
-            }
-            for byte in UnsafeRawBufferPointer(rebasing: value[index..<min(index + 8, count)]) {
-                if byte < 0x20 || byte == UInt8(ascii: "\"") || byte == UInt8(ascii: "\\") || byte == 0x7F {
-                    escapeReserved(byte)
-                } else {
-                    storage[written] = byte
-                    written += 1
-                }
-            }
-            index += 8
-        }
-    }
-
-    /// The eight bytes of `source` from `index`; past `count`, bytes "a" (which need no escaping
-    /// and are no capitals), read without touching memory beyond `count`.
-    @inline(__always)
-    private static func word(_ source: UnsafeRawPointer, at index: Int, count: Int) -> UInt64 {
-        let rest = count - index
-        if rest >= 8 { return source.loadUnaligned(fromByteOffset: index, as: UInt64.self) }
-        var word: UInt64 = 0, shift: UInt64 = 0, at = index
-        if rest & 4 != 0 { word = UInt64(source.loadUnaligned(fromByteOffset: at, as: UInt32.self)); shift = 32; at += 4 }
-        if rest & 2 != 0 { word |= UInt64(source.loadUnaligned(fromByteOffset: at, as: UInt16.self)) << shift; shift += 16; at += 2 }
-        if rest & 1 != 0 { word |= UInt64(source.load(fromByteOffset: at, as: UInt8.self)) << shift; shift += 8 }
-        return word | 0x6161_6161_6161_6161 << shift
-    }
-
-    /// True when some byte of `word` is a control character, a quote, a backslash or DEL (bit tricks from
-    /// "Bit Twiddling Hacks": a byte below n, a byte equal to n).
-    @inline(__always)
-    private static func needsEscaping(_ word: UInt64) -> Bool {
-        let ones: UInt64 = 0x0101_0101_0101_0101, highs: UInt64 = 0x8080_8080_8080_8080
-        func zeroByte(_ x: UInt64) -> UInt64 { (x &- ones) & ~x & highs }
-        let control = (word &- ones &* 0x20) & ~word & highs
-        return control | zeroByte(word ^ (ones &* 0x22)) | zeroByte(word ^ (ones &* 0x5C)) | zeroByte(word ^ (ones &* 0x7F)) != 0
+        written += tg_json_escape(storage + written, source, value.count)
     }
 
     // MARK: Internals
-
-    /// The escape sequence for `byte`, into reserved room (at most six bytes).
-    private mutating func escapeReserved(_ byte: UInt8) {
-        let short: UInt8
-        switch byte {
-        case UInt8(ascii: "\""): short = UInt8(ascii: "\"")
-        case UInt8(ascii: "\\"): short = UInt8(ascii: "\\")
-        case 0x0A: short = UInt8(ascii: "n")
-        case 0x0D: short = UInt8(ascii: "r")
-        case 0x09: short = UInt8(ascii: "t")
-        default:
-            storage[written] = UInt8(ascii: "\\")
-            storage[written + 1] = UInt8(ascii: "u")
-            storage[written + 2] = UInt8(ascii: "0")
-            storage[written + 3] = UInt8(ascii: "0")
-            storage[written + 4] = hexDigit(byte >> 4)
-            storage[written + 5] = hexDigit(byte & 0xF)
-            written += 6
-            return
-        }
-        storage[written] = UInt8(ascii: "\\")
-        storage[written + 1] = short
-        written += 2
-    }
 
     @inlinable
     mutating func reserve(_ extra: Int) {
@@ -413,7 +334,6 @@ public struct JSONWriter: ~Copyable {
         written += width
     }
 
-    private func hexDigit(_ v: UInt8) -> UInt8 { v < 10 ? 0x30 + v : 0x61 + v - 10 }
 }
 
 /// The 16 lower-case hex digits of `value` at `destination` (record ids in JSON and in the spool).

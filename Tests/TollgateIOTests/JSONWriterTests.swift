@@ -6,8 +6,8 @@ import TollgateIO
     /// Every byte value at every position of a word: what JSONSerialization reads back is the input.
     @Test func escapesEveryByteWhereverItSits() throws {
         for special in (0..<0x80).map(UInt8.init) {
-            for (length, position) in (1...20).flatMap({ length in (0..<length).map { (length, $0) } }) {
-                var input = Array("abcdefghijklmnopqrstuvwxyz".utf8.prefix(length))
+            for (length, position) in (1...40).flatMap({ length in (0..<length).map { (length, $0) } }) {
+                var input = Array("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ".utf8.prefix(length))
                 input[position] = special
                 if length % 3 == 0 { input += Array("é✓".utf8) }
                 // As a value after a key, and as a header member (name and value in one call).
@@ -21,6 +21,33 @@ import TollgateIO
                 #expect(object["v"] == String(decoding: input, as: UTF8.self), "byte \(special) at \(position) of \(length)")
                 #expect(object["x-value"] == String(decoding: input, as: UTF8.self), "byte \(special) at \(position) of \(length)")
             }
+        }
+    }
+
+    /// Values and names ending right before an unmapped page: the sixteen-byte loads of their
+    /// tails must not touch it (a fault here kills the test run).
+    @Test func readsNothingPastTheEndOfAValue() throws {
+        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+        let mapping = try #require(mmap(nil, 2 * page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0))
+        defer { munmap(mapping, 2 * page) }
+        #expect(mprotect(mapping + page, page, PROT_NONE) == 0)
+        for length in 1...40 {
+            let start = mapping + page - length
+            // A token (for the key), then the same bytes with a quote to escape (for the value).
+            let token = Array("Content-Type-ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789".utf8.prefix(length))
+            var quoted = token
+            quoted[length / 2] = UInt8(ascii: "\"")
+            var out = JSONWriter(capacity: 8)
+            out.beginObject()
+            for (bytes, isKey) in [(quoted, false), (token, true)] {
+                bytes.withUnsafeBytes { start.copyMemory(from: $0.baseAddress!, byteCount: length) }
+                let atPageEnd = UnsafeRawBufferPointer(start: start, count: length)
+                if isKey { out.lowercasedTokenKey(atPageEnd); out.integer(1) } else { out.key("v"); out.stringValue(atPageEnd) }
+            }
+            out.endObject()
+            let object = try #require(try JSONSerialization.jsonObject(with: Data(out.bytes)) as? [String: Any])
+            #expect(object["v"] as? String == String(decoding: quoted, as: UTF8.self))
+            #expect(object[String(decoding: token, as: UTF8.self).lowercased()] as? Int == 1)
         }
     }
 

@@ -94,4 +94,10 @@ uint32_t tg_crc32c(const void *buf, size_t len);
 /// CRC-32 as gzip and zlib define it, continuing `crc` (0 to start), like zlib's crc32_z.
 uint32_t tg_crc32(uint32_t crc, const void *buf, size_t len);
 
+/// `len` bytes of `src` as the inside of a JSON string (quotes, backslashes, control characters
+/// and DEL escaped) at `dst`; returns the bytes written. `dst` needs room for 6 * len + 16.
+size_t tg_json_escape(void *dst, const void *src, size_t len);
+/// `len` bytes of `src` with ASCII capitals lower-cased, at `dst`, which needs room for len + 16.
+void tg_lowercase_token(void *dst, const void *src, size_t len);
+
 #endif
