@@ -140,7 +140,9 @@ public final class Shipper: Sendable {
                 lastSync = monotonicNanoseconds()
             }
             if done && wroteNothing { spool.sync(); return }
-            usleep(20_000)
+            // Every 5 ms while records come: at 20k records/s that is 130 KB, compressed while
+            // still in cache (every 20 ms it was half a megabyte, read back from L3). Idle: 20 ms.
+            usleep(wroteNothing ? 20_000 : 5_000)
         }
     }
 
