@@ -191,7 +191,7 @@ public final class Shipper: Sendable {
         var sender = Sender(shipper: self, settings: settings, nodes: nodes, client: client)
         var cursor = spool.acknowledgedPosition
         var waitingSince: UInt64?
-        var reportedUnreadable = false
+        var unreadable = 0
         var storage: [UInt8] = []
         while !stopping.load(ordering: .acquiring) {
             let end = spool.endPosition
@@ -207,16 +207,20 @@ public final class Shipper: Sendable {
                                            reusing: &storage)
             if batch.count == 0 {
                 if next == cursor {
-                    // An entry that cannot be read (an I/O error, a file changed behind our back):
-                    // try again later rather than spin.
-                    if !reportedUnreadable { Log.error("elasticsearch spool: cannot read the entry at \(cursor); retrying") }
-                    reportedUnreadable = true
+                    // An entry that cannot be read: a passing I/O error is tried again; damage
+                    // that lasts a second is cut out, so it cannot hold back every record after it.
+                    unreadable += 1
+                    if unreadable == 1 { Log.error("elasticsearch spool: cannot read the entry at \(cursor); retrying") }
+                    if unreadable >= 5 && spool.salvage(at: cursor) {
+                        unreadable = 0
+                        continue
+                    }
                     usleep(200_000)
                 }
                 cursor = next
                 continue
             }
-            reportedUnreadable = false
+            unreadable = 0
             guard sender.deliver(batch) else { return }
             cursor = next
             spool.acknowledge(batch, upTo: next)

@@ -186,7 +186,7 @@ public struct SpoolEntryBuilder {
                 // Fails only past 4 GiB of input; a chunk is at most batch_bytes (512 MiB at most).
                 precondition(chunk >= 0, "a spool chunk of \(lines.count) bytes did not compress")
                 let bodyLength = Spool.chunkFieldsSize + chunk
-                entry.storeBytes(of: Spool.magic, as: UInt8.self)
+                entry.storeBytes(of: UInt32(Spool.magic).littleEndian, as: UInt32.self)  // and the reserved zeros
                 entry.storeBytes(of: UInt32(bodyLength).littleEndian, toByteOffset: 4, as: UInt32.self)
                 entry.storeBytes(of: UInt32(range.count).littleEndian, toByteOffset: Spool.headerSize, as: UInt32.self)
                 entry.storeBytes(of: UInt32(lines.count).littleEndian, toByteOffset: Spool.headerSize + 4, as: UInt32.self)
@@ -273,7 +273,8 @@ public struct SpoolPosition: Comparable, Sendable, CustomStringConvertible {
 /// A segmented append-only log of records on disk, in compressed entries (see
 /// `SpoolEntryBuilder`): about 30 times fewer bytes to write, hold through an outage and read
 /// back than the documents themselves. Each entry carries its length and a CRC-32C,
-/// so a torn tail after a crash is detected and cut off; a segment is deleted only once every
+/// so a torn tail after a crash is cut off, and damage inside a segment is cut out without the
+/// valid entries after it (`keepValidEntries`); a segment is deleted only once every
 /// record in it was acknowledged. The acknowledged position is kept in `ack` (write + rename).
 /// What this run wrote to the active segment is also kept in memory, so the sender, which
 /// normally follows the writer closely, reads it back without a system call or a checksum pass;
@@ -449,6 +450,8 @@ public final class Spool: Sendable {
             state.acked = max(state.acked, position)
             state.records = max(0, state.records - batch.count)
             state.plainBytes = max(0, state.plainBytes - batch.plainBytes)
+            // All delivered: counts of records lost to damage (see `salvage`) end here.
+            if state.acked >= state.end { state.records = 0; state.plainBytes = 0 }
             var old = state.segments.keys.filter { $0 < position.segment }
             // Everything written is delivered: start a fresh segment so this one's space is
             // freed now (a full spool must empty as soon as Elasticsearch catches up).
@@ -505,27 +508,13 @@ public final class Spool: Sendable {
                 unlink(path(segment))
                 continue
             }
-            // Keep the valid prefix: a crash can leave half an entry at the end.
             var bytes: [UInt8] = []
             readSegment(segment, from: 0, upTo: Int.max, into: &bytes)
-            var offset = 0
-            bytes.withUnsafeBytes { raw in
-                while let size = Self.entrySize(raw, at: offset) {
-                    if ack == nil || segment > ack!.segment || offset >= ack!.offset {
-                        let counts = Self.chunkCounts(raw, at: offset)
-                        state.records += counts.records
-                        state.plainBytes += counts.plainBytes
-                    }
-                    offset += size
-                }
-            }
-            if offset < bytes.count {
-                // Half an entry after a crash is expected; more than that is worth a look.
-                Log.warning("elasticsearch spool \(path(segment)): \(bytes.count - offset) byte(s) after offset \(offset) " +
-                            "are not a whole, valid entry (a write cut short by a crash, or damage); cut off")
-                _ = truncate(path(segment), off_t(offset))
-            }
-            state.segments[segment] = offset
+            // Entries before the acknowledged position were delivered: only those after it count.
+            let valid = keepValidEntries(of: segment, bytes, from: ack?.segment == segment ? min(ack!.offset, bytes.count) : 0)
+            state.records += valid.records
+            state.plainBytes += valid.plainBytes
+            state.segments[segment] = valid.size
             kept.append(segment)
         }
         // Appends go to a fresh segment, so recovered files are only ever read again.
@@ -537,6 +526,84 @@ public final class Spool: Sendable {
         state.activeFD = fd
         state.segments[state.active] = 0
         state.end = SpoolPosition(segment: state.active, offset: 0)
+    }
+
+    /// The sender found nothing readable at `position` several times over: keeps the valid
+    /// entries of its segment from there on, as recovery does. False when there is nothing to
+    /// mend (the bytes read fine after all) or not yet (the active segment: mended once it rolls).
+    /// Records in the damaged bytes are lost, and stay counted as unacknowledged until the spool
+    /// is empty: their count went with them.
+    public func salvage(at position: SpoolPosition) -> Bool {
+        state.withLock { state in
+            guard position.segment != state.active, let size = state.segments[position.segment] else { return false }
+            var bytes: [UInt8] = []
+            readSegment(position.segment, from: 0, upTo: Int.max, into: &bytes)
+            let valid = keepValidEntries(of: position.segment, bytes, from: min(position.offset, bytes.count))
+            guard valid.size != size else { return false }
+            state.segments[position.segment] = valid.size
+            publish(state)
+            return true
+        }
+    }
+
+    /// Keeps every valid entry of a segment's `bytes` from `start` on, so that one bad block
+    /// costs the records in it and no others. Bytes that are no valid entry are cut: a torn
+    /// tail (a write cut short by a crash) with a warning; damage with valid entries after it
+    /// with an error, saved to `damaged-<segment>-<offset>` beside the segments for a look by
+    /// hand, the segment rewritten without it. Returns the segment's size and the records kept.
+    private func keepValidEntries(of segment: UInt64, _ bytes: [UInt8], from start: Int) -> (size: Int, records: Int, plainBytes: Int) {
+        var entries: [Range<Int>] = [], damaged: [Range<Int>] = []
+        bytes.withUnsafeBytes { raw in
+            var offset = start
+            while offset < raw.count {
+                if let size = Self.entrySize(raw, at: offset) {
+                    entries.append(offset..<(offset + size))
+                    offset += size
+                } else {
+                    let next = Self.nextEntry(in: raw, after: offset)
+                    damaged.append(offset..<next)
+                    offset = next
+                }
+            }
+        }
+        func kept(_ size: Int, _ entries: [Range<Int>]) -> (size: Int, records: Int, plainBytes: Int) {
+            bytes.withUnsafeBytes { raw in
+                entries.reduce(into: (size, 0, 0)) { total, entry in
+                    let counts = Self.chunkCounts(raw, at: entry.lowerBound)
+                    total.1 += counts.records
+                    total.2 += counts.plainBytes
+                }
+            }
+        }
+        guard let first = damaged.first else { return kept(bytes.count, entries) }
+        if damaged.count == 1 && first.upperBound == bytes.count {
+            // Half an entry after a crash is expected; more than that is worth a look.
+            Log.warning("elasticsearch spool \(path(segment)): \(first.count) byte(s) after offset \(first.lowerBound) " +
+                        "are not a whole, valid entry (a write cut short by a crash, or damage); cut off")
+            _ = truncate(path(segment), off_t(first.lowerBound))
+            return kept(first.lowerBound, entries)
+        }
+        for span in damaged {
+            let saved = directory + "/damaged-\(segment)-\(span.lowerBound)"
+            let fd = open(saved, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+            if fd >= 0 { _ = try? writeAll(fd, Array(bytes[span])); close(fd) }
+            Log.error("elasticsearch spool \(path(segment)): \(span.count) damaged byte(s) at offset \(span.lowerBound) " +
+                      "(the records in them are lost); saved to \(saved), the valid entries around them kept")
+        }
+        var rewritten = Array(bytes[..<start])
+        for entry in entries { rewritten.append(contentsOf: bytes[entry]) }
+        let temporary = path(segment) + ".tmp"
+        let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        let written = fd >= 0 && (try? writeAll(fd, rewritten)) != nil && fdatasync(fd) == 0
+        if fd >= 0 { close(fd) }
+        guard written, rename(temporary, path(segment)) == 0 else {
+            // Cannot rewrite it (disk full?): keep what comes before the first damage.
+            unlink(temporary)
+            Log.error("elasticsearch spool \(path(segment)): cannot rewrite it; cut off at offset \(first.lowerBound)")
+            _ = truncate(path(segment), off_t(first.lowerBound))
+            return kept(first.lowerBound, entries.filter { $0.upperBound <= first.lowerBound })
+        }
+        return kept(rewritten.count, entries)
     }
 
     /// Appends the segment's bytes from `offset` to `end` to `bytes`: from memory when this run
@@ -630,6 +697,20 @@ public final class Spool: Sendable {
         guard bytes.count - offset >= headerSize else { return nil }
         let size = headerSize + bodyLength(bytes, at: offset)
         return bytes.count - offset >= size ? size : nil
+    }
+
+    /// Where the next valid entry after `offset` starts (the end of `bytes` if none does): the
+    /// magic byte and three zeros, then a header and body that check out.
+    static func nextEntry(in bytes: UnsafeRawBufferPointer, after offset: Int) -> Int {
+        var candidate = offset + 1
+        while candidate + headerSize <= bytes.count {
+            if bytes.loadUnaligned(fromByteOffset: candidate, as: UInt32.self) == UInt32(magic).littleEndian,
+               entrySize(bytes, at: candidate) != nil {
+                return candidate
+            }
+            candidate += 1
+        }
+        return bytes.count
     }
 
     /// The size of the valid entry at `offset`, or nil for a torn, corrupt or missing one.
