@@ -1,22 +1,14 @@
 #include "tollgate_shim.h"
 #include <stdint.h>
 #include <string.h>
-#include <emmintrin.h>
 
 // The two byte loops of every flow record — escaping string values, lower-casing header
 // names — sixteen bytes at a time with SSE2 (part of x86-64 itself). Most values are header
 // values a few dozen bytes long that need no escaping: one compare and one store per sixteen.
 
-// Sixteen bytes of `p`, of which only the first `rest` (1...15) may exist. The load reads past
-// them only when that cannot leave the page; the rare value ending just before a page boundary
-// goes through a copy.
-__attribute__((no_sanitize("address")))
-static inline __m128i load_tail(const unsigned char *p, size_t rest) {
-    if (((uintptr_t)p & 4095) <= 4096 - 16) return _mm_loadu_si128((const __m128i *)p);
-    unsigned char copy[16] = {0};
-    memcpy(copy, p, rest);
-    return _mm_loadu_si128((const __m128i *)copy);
-}
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 // The escape of a control character, quote, backslash or DEL; returns its length.
 static size_t escape_byte(unsigned char *out, unsigned char byte) {
@@ -35,6 +27,19 @@ static size_t escape_byte(unsigned char *out, unsigned char byte) {
     out[4] = (unsigned char)hex[byte >> 4];
     out[5] = (unsigned char)hex[byte & 15];
     return 6;
+}
+
+#if defined(__SSE2__)
+
+// Sixteen bytes of `p`, of which only the first `rest` (1...15) may exist. The load reads past
+// them only when that cannot leave the page; the rare value ending just before a page boundary
+// goes through a copy.
+__attribute__((no_sanitize("address")))
+static inline __m128i load_tail(const unsigned char *p, size_t rest) {
+    if (((uintptr_t)p & 4095) <= 4096 - 16) return _mm_loadu_si128((const __m128i *)p);
+    unsigned char copy[16] = {0};
+    memcpy(copy, p, rest);
+    return _mm_loadu_si128((const __m128i *)copy);
 }
 
 size_t tg_json_escape(void *dst, const void *src, size_t len) {
@@ -73,3 +78,25 @@ void tg_lowercase_token(void *dst, const void *src, size_t len) {
         _mm_storeu_si128((__m128i *)(out + i), _mm_or_si128(v, _mm_and_si128(capital, case_bit)));
     }
 }
+
+#else  // other CPUs: the same, a byte at a time
+
+size_t tg_json_escape(void *dst, const void *src, size_t len) {
+    unsigned char *out = dst;
+    const unsigned char *in = src;
+    size_t o = 0;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char byte = in[i];
+        if (byte < 0x20 || byte == '"' || byte == '\\' || byte == 0x7f) o += escape_byte(out + o, byte);
+        else out[o++] = byte;
+    }
+    return o;
+}
+
+void tg_lowercase_token(void *dst, const void *src, size_t len) {
+    unsigned char *out = dst;
+    const unsigned char *in = src;
+    for (size_t i = 0; i < len; i++) out[i] = in[i] >= 'A' && in[i] <= 'Z' ? (unsigned char)(in[i] | 0x20) : in[i];
+}
+
+#endif

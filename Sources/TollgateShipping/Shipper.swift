@@ -191,7 +191,7 @@ public final class Shipper: Sendable {
         var sender = Sender(shipper: self, settings: settings, nodes: nodes, client: client)
         var cursor = spool.acknowledgedPosition
         var waitingSince: UInt64?
-        var unreadable = 0
+        var unreadable = (at: SpoolPosition(segment: 0, offset: 0), times: 0)
         var storage: [UInt8] = []
         while !stopping.load(ordering: .acquiring) {
             let end = spool.endPosition
@@ -209,18 +209,14 @@ public final class Shipper: Sendable {
                 if next == cursor {
                     // An entry that cannot be read: a passing I/O error is tried again; damage
                     // that lasts a second is cut out, so it cannot hold back every record after it.
-                    unreadable += 1
-                    if unreadable == 1 { Log.error("elasticsearch spool: cannot read the entry at \(cursor); retrying") }
-                    if unreadable >= 5 && spool.salvage(at: cursor) {
-                        unreadable = 0
-                        continue
-                    }
+                    unreadable = (cursor, unreadable.at == cursor ? unreadable.times + 1 : 1)
+                    if unreadable.times == 1 { Log.error("elasticsearch spool: cannot read the entry at \(cursor); retrying") }
+                    if unreadable.times >= 5 && spool.salvage(at: cursor) { continue }
                     usleep(200_000)
                 }
                 cursor = next
                 continue
             }
-            unreadable = 0
             guard sender.deliver(batch) else { return }
             cursor = next
             spool.acknowledge(batch, upTo: next)

@@ -508,10 +508,16 @@ public final class Spool: Sendable {
                 unlink(path(segment))
                 continue
             }
-            var bytes: [UInt8] = []
-            readSegment(segment, from: 0, upTo: Int.max, into: &bytes)
+            guard let bytes = readWholeSegment(segment) else {
+                // Left as it is, its records uncounted: the sender mends it when it gets there.
+                Log.error("elasticsearch spool \(path(segment)): cannot read it (\(Errno(rawValue: errno))); left for the sender")
+                var info = stat()
+                state.segments[segment] = stat(path(segment), &info) == 0 ? Int(info.st_size) : 0
+                kept.append(segment)
+                continue
+            }
             // Entries before the acknowledged position were delivered: only those after it count.
-            let valid = keepValidEntries(of: segment, bytes, from: ack?.segment == segment ? min(ack!.offset, bytes.count) : 0)
+            let valid = keepValidEntries(of: segment, bytes, from: ack?.segment == segment ? min(ack!.offset, bytes.count) : 0, running: false)!
             state.records += valid.records
             state.plainBytes += valid.plainBytes
             state.segments[segment] = valid.size
@@ -530,28 +536,32 @@ public final class Spool: Sendable {
 
     /// The sender found nothing readable at `position` several times over: keeps the valid
     /// entries of its segment from there on, as recovery does. False when there is nothing to
-    /// mend (the bytes read fine after all) or not yet (the active segment: mended once it rolls).
-    /// Records in the damaged bytes are lost, and stay counted as unacknowledged until the spool
-    /// is empty: their count went with them.
+    /// mend (the bytes read fine after all), not yet (the active segment: mended once it rolls)
+    /// or not now (the file cannot be read or rewritten: tried again later). Records in the
+    /// damaged bytes are lost, and stay counted as unacknowledged until the spool is empty:
+    /// their count went with them.
     public func salvage(at position: SpoolPosition) -> Bool {
+        // Finished segments are read and deleted by the sender alone, the caller: the file is read
+        // and rewritten outside the lock, which the writer takes for every append.
+        guard let size = state.withLock({ $0.active == position.segment ? nil : $0.segments[position.segment] }),
+              let bytes = readWholeSegment(position.segment), bytes.count <= size,
+              let valid = keepValidEntries(of: position.segment, bytes, from: min(position.offset, bytes.count), running: true),
+              valid.size != size else { return false }
         state.withLock { state in
-            guard position.segment != state.active, let size = state.segments[position.segment] else { return false }
-            var bytes: [UInt8] = []
-            readSegment(position.segment, from: 0, upTo: Int.max, into: &bytes)
-            let valid = keepValidEntries(of: position.segment, bytes, from: min(position.offset, bytes.count))
-            guard valid.size != size else { return false }
             state.segments[position.segment] = valid.size
             publish(state)
-            return true
         }
+        return true
     }
 
     /// Keeps every valid entry of a segment's `bytes` from `start` on, so that one bad block
-    /// costs the records in it and no others. Bytes that are no valid entry are cut: a torn
-    /// tail (a write cut short by a crash) with a warning; damage with valid entries after it
-    /// with an error, saved to `damaged-<segment>-<offset>` beside the segments for a look by
-    /// hand, the segment rewritten without it. Returns the segment's size and the records kept.
-    private func keepValidEntries(of segment: UInt64, _ bytes: [UInt8], from start: Int) -> (size: Int, records: Int, plainBytes: Int) {
+    /// costs the records in it and no others. Damage with valid entries after it is logged as
+    /// an error, saved to `damaged-<segment>-<offset>` beside the segments for a look by hand,
+    /// and the segment rewritten without it. At start-up (`running` false) bytes at the end that
+    /// are no whole entry are a write cut short by a crash: cut with a warning; and a segment
+    /// that cannot be rewritten is cut at its first damage. While running, a segment that
+    /// cannot be rewritten is left as it is (nil). Returns the segment's size and the records kept.
+    private func keepValidEntries(of segment: UInt64, _ bytes: [UInt8], from start: Int, running: Bool) -> (size: Int, records: Int, plainBytes: Int)? {
         var entries: [Range<Int>] = [], damaged: [Range<Int>] = []
         bytes.withUnsafeBytes { raw in
             var offset = start
@@ -576,19 +586,12 @@ public final class Spool: Sendable {
             }
         }
         guard let first = damaged.first else { return kept(bytes.count, entries) }
-        if damaged.count == 1 && first.upperBound == bytes.count {
+        if !running && damaged.count == 1 && first.upperBound == bytes.count {
             // Half an entry after a crash is expected; more than that is worth a look.
             Log.warning("elasticsearch spool \(path(segment)): \(first.count) byte(s) after offset \(first.lowerBound) " +
                         "are not a whole, valid entry (a write cut short by a crash, or damage); cut off")
             _ = truncate(path(segment), off_t(first.lowerBound))
             return kept(first.lowerBound, entries)
-        }
-        for span in damaged {
-            let saved = directory + "/damaged-\(segment)-\(span.lowerBound)"
-            let fd = open(saved, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
-            if fd >= 0 { _ = try? writeAll(fd, Array(bytes[span])); close(fd) }
-            Log.error("elasticsearch spool \(path(segment)): \(span.count) damaged byte(s) at offset \(span.lowerBound) " +
-                      "(the records in them are lost); saved to \(saved), the valid entries around them kept")
         }
         var rewritten = Array(bytes[..<start])
         for entry in entries { rewritten.append(contentsOf: bytes[entry]) }
@@ -597,13 +600,52 @@ public final class Spool: Sendable {
         let written = fd >= 0 && (try? writeAll(fd, rewritten)) != nil && fdatasync(fd) == 0
         if fd >= 0 { close(fd) }
         guard written, rename(temporary, path(segment)) == 0 else {
-            // Cannot rewrite it (disk full?): keep what comes before the first damage.
             unlink(temporary)
-            Log.error("elasticsearch spool \(path(segment)): cannot rewrite it; cut off at offset \(first.lowerBound)")
+            guard !running else { return nil }
+            Log.error("elasticsearch spool \(path(segment)): damaged at offset \(first.lowerBound) and cannot be rewritten " +
+                      "(\(Errno(rawValue: errno))); cut off there")
             _ = truncate(path(segment), off_t(first.lowerBound))
             return kept(first.lowerBound, entries.filter { $0.upperBound <= first.lowerBound })
         }
+        syncDirectory()
+        for span in damaged {
+            let saved = directory + "/damaged-\(segment)-\(span.lowerBound)"
+            let fd = open(saved, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+            if fd >= 0 { _ = try? writeAll(fd, Array(bytes[span])); close(fd) }
+            Log.error("elasticsearch spool \(path(segment)): \(span.count) damaged byte(s) at offset \(span.lowerBound) " +
+                      "(the records in them are lost); saved to \(saved), the valid entries around them kept")
+        }
         return kept(rewritten.count, entries)
+    }
+
+    /// A whole segment file, or nil when it cannot be opened or read. Blocks that fail with an
+    /// I/O error (a bad sector) read as zeros: damage like any other, cut out by `keepValidEntries`.
+    private func readWholeSegment(_ segment: UInt64) -> [UInt8]? {
+        let fd = open(path(segment), O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        var info = stat()
+        guard fstat(fd, &info) == 0 else { return nil }
+        var bytes = [UInt8](repeating: 0, count: Int(info.st_size))
+        let complete = bytes.withUnsafeMutableBytes { buffer -> Bool in
+            var offset = 0, nearBadBlock = false
+            while offset < buffer.count {
+                // Megabytes at a time; after an I/O error, the one 4 KiB block it came from.
+                let block = min(4096 - offset % 4096, buffer.count - offset)
+                let n = pread(fd, buffer.baseAddress! + offset, nearBadBlock ? block : min(1 << 20, buffer.count - offset), off_t(offset))
+                if n > 0 {
+                    offset += n
+                    nearBadBlock = false
+                } else if n < 0 && errno == EIO {
+                    if nearBadBlock { offset += block }  // left as zeros
+                    nearBadBlock.toggle()
+                } else if !(n < 0 && errno == EINTR) {
+                    return false
+                }
+            }
+            return true
+        }
+        return complete ? bytes : nil
     }
 
     /// Appends the segment's bytes from `offset` to `end` to `bytes`: from memory when this run
@@ -637,6 +679,14 @@ public final class Spool: Sendable {
         bytes.append(contentsOf: repeatElement(0, count: length))
         let n = bytes.withUnsafeMutableBytes { pread(fd, $0.baseAddress! + start, length, off_t(offset)) }
         bytes.removeLast(length - max(n, 0))
+    }
+
+    /// fsync of the spool directory, so a rename in it outlives a crash.
+    private func syncDirectory() {
+        let fd = open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard fd >= 0 else { return }
+        _ = fsync(fd)
+        close(fd)
     }
 
     private func readAck() -> SpoolPosition? {
