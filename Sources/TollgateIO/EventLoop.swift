@@ -59,6 +59,9 @@ public final class EventLoop: @unchecked Sendable {  // loop-confined state; `ta
     public private(set) var now: UInt64 = monotonicNanoseconds()
     /// A small index so logs can name the loop.
     public let index: Int
+    /// Runs once per iteration, after the events and timers: work the iteration's events left
+    /// to do together (flow records are encoded there, in one run, rather than between events).
+    public var afterEvents: (() -> Void)?
 
     public init(index: Int) throws(SystemError) {
         self.index = index
@@ -163,6 +166,7 @@ public final class EventLoop: @unchecked Sendable {  // loop-confined state; `ta
                 for i in 0..<Int(count) { dispatch(tag: datas[i], mask: events[i]) }
             }
             fireTimers()
+            afterEvents?()
         }
     }
 

@@ -54,6 +54,8 @@ final class Worker: TimerTarget, @unchecked Sendable {  // confined to `loop`'s 
     /// Record ids: a random per-loop prefix and a counter, unique across loops and restarts.
     private let idPrefix = UInt64.random(in: 0...UInt64.max)
     private var idCounter: UInt64 = 0
+    /// Records of the current loop iteration, encoded at its end.
+    private var pendingRecords: [FlowRecord] = []
     private var refusedWhileLogging = 0
 
     init(loop: EventLoop, settings: ProxySettings, flowLog: FlowLog, resolver: Resolver, policy: Policy) {
@@ -64,6 +66,7 @@ final class Worker: TimerTarget, @unchecked Sendable {  // confined to `loop`'s 
         self.resolver = resolver
         pool = UpstreamPool(maxPerDestination: settings.limits.upstreamIdlePerDestination, idleTimeout: settings.timeouts.upstreamIdle)
         scratch.reserveCapacity(4096)
+        loop.afterEvents = { [unowned self] in encodePendingRecords() }
     }
 
     func listen(on address: SocketAddress, kind: ListenerKind) throws(SystemError) {
@@ -114,15 +117,27 @@ final class Worker: TimerTarget, @unchecked Sendable {  // confined to `loop`'s 
         }
         // Without a sink nothing reads the document: logging off costs nothing.
         guard flowLog.isEnabled || settings.shipper != nil else { return }
-        idCounter &+= 1
-        let id = RecordID(prefix: idPrefix, counter: idCounter)
-        json.reset()
-        record.encode(into: &json, id: id, observer: settings.observer, redaction: settings.redaction)
-        json.withBytes { line in
-            if flowLog.isEnabled { flowLog.submit(line) }
-            // The shipper wants the document without the line's newline.
-            settings.shipper?.submit(timestampMilliseconds: record.timestampMilliseconds, id: id, document: UnsafeRawBufferPointer(rebasing: line.dropLast()))
+        pendingRecords.append(record)
+    }
+
+    /// Encodes the records of this loop iteration and hands them to the sinks: one run of the
+    /// encoder for all of them keeps its code and buffers in cache, where encoding each between
+    /// the proxy's own events evicted both, and slowed the proxy's code down as well.
+    private func encodePendingRecords() {
+        guard !pendingRecords.isEmpty else { return }
+        for index in pendingRecords.indices {
+            idCounter &+= 1
+            let id = RecordID(prefix: idPrefix, counter: idCounter)
+            json.reset()
+            pendingRecords[index].encode(into: &json, id: id, observer: settings.observer, redaction: settings.redaction)
+            json.withBytes { line in
+                if flowLog.isEnabled { flowLog.submit(line) }
+                // The shipper wants the document without the line's newline.
+                settings.shipper?.submit(timestampMilliseconds: pendingRecords[index].timestampMilliseconds, id: id,
+                                         document: UnsafeRawBufferPointer(rebasing: line.dropLast()))
+            }
         }
+        pendingRecords.removeAll(keepingCapacity: true)
     }
 
     /// SIGTERM: stop accepting, let in-flight exchanges finish until `deadline`, then close the rest.
