@@ -304,11 +304,12 @@ public struct JSONWriter: ~Copyable {
         unsignedDecimal(UInt(value))
     }
 
-    /// Digits are produced last to first into a scratch word triple, then copied: one pass of
-    /// divisions instead of counting the digits first.
+    /// Digits are produced last to first into scratch words, then copied as a fixed 20 bytes
+    /// (the digits and what follows them, overwritten later): one pass of divisions, and a copy
+    /// of constant size, a few moves, where a copy of the digits' own length called memmove.
     private mutating func unsignedDecimal(_ value: UInt) {
         reserve(20)
-        var scratch: (UInt64, UInt64, UInt32) = (0, 0, 0)
+        var scratch: (UInt64, UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0, 0)
         written += withUnsafeMutableBytes(of: &scratch) { digits -> Int in
             var rest = value, index = 20
             repeat {
@@ -316,7 +317,7 @@ public struct JSONWriter: ~Copyable {
                 digits[index] = 0x30 &+ UInt8(truncatingIfNeeded: rest % 10)
                 rest /= 10
             } while rest != 0
-            (UnsafeMutableRawPointer(storage) + written).copyMemory(from: digits.baseAddress! + index, byteCount: 20 - index)
+            (UnsafeMutableRawPointer(storage) + written).copyMemory(from: digits.baseAddress! + index, byteCount: 20)
             return 20 - index
         }
     }
