@@ -2,6 +2,9 @@
 #include <string.h>
 #include <stdio.h>
 #include <zlib.h>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 // gzip for _bulk bodies, written here rather than through zlib's deflate. Bulk bodies repeat
 // themselves record after record, so nearly all the compression comes from long matches a
@@ -76,6 +79,14 @@ static void deflate_block(bit_writer *w, const unsigned char *src, size_t len, i
         const unsigned char *a = src + pos, *b = src + candidate - 1;
         size_t limit = len - pos < MAX_MATCH ? len - pos : MAX_MATCH;
         size_t length = MIN_MATCH;
+#if defined(__SSE2__)
+        while (length + 16 <= limit) {
+            __m128i equal = _mm_cmpeq_epi8(_mm_loadu_si128((const __m128i *)(a + length)), _mm_loadu_si128((const __m128i *)(b + length)));
+            unsigned differ = (unsigned)_mm_movemask_epi8(equal) ^ 0xFFFFu;
+            if (differ) { length += (size_t)__builtin_ctz(differ); goto found; }
+            length += 16;
+        }
+#endif
         while (length + 8 <= limit) {
             uint64_t diff = load64(a + length) ^ load64(b + length);
             if (diff) { length += (size_t)__builtin_ctzll(diff) / 8; goto found; }
