@@ -64,9 +64,9 @@ extension ClientSession {
     func switchToUpgradedTunnel() -> Bool {
         guard let exchange else { return false }
         finishRecord(&exchange.record, exchange)
+        var record = exchange.record  // before the worker takes the exchange's own
         worker.record(&exchange.record)
         self.exchange = nil
-        var record = exchange.record
         record.action = .tunnel
         record.statusCode = nil
         record.method = nil

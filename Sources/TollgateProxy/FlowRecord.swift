@@ -5,8 +5,8 @@ import TollgateShipping
 
 /// One flow: an HTTP exchange, a tunnel, a raw TCP relay or a refused connection. Field names
 /// follow ECS; `tollgate.*` holds our own. Later issues add fields (TLS, rule, budget) here.
-public struct FlowRecord {
-    public enum Action: String {
+public struct FlowRecord: Sendable {
+    public enum Action: String, Sendable {
         case httpRequest = "http_request", tunnel, tcpRelay = "tcp_relay", rejected
         case tlsFailed = "tls_failed"
         case tlsClientRejectedCertificate = "tls.client_rejected_certificate"
@@ -71,7 +71,12 @@ public struct FlowRecord {
         self.mode = mode
     }
 
-    public enum URLScheme {
+    /// What a record taken by the log pipeline leaves behind: nothing in it is reference-counted,
+    /// so putting it in costs no retains.
+    static let taken = FlowRecord(start: 0, action: .rejected, source: SocketAddress(ip: IPAddress(bytes: [0, 0, 0, 0]), port: 0),
+                                  networkProtocol: "", agent: "", mode: "")
+
+    public enum URLScheme: Sendable {
         case http, https
     }
 

@@ -106,8 +106,8 @@ final class Worker: TimerTarget, @unchecked Sendable {  // confined to `loop`'s 
         if draining && sessions.isEmpty { finishDrain() }
     }
 
-    /// Writes a flow record to the log pipeline. `inout` only so that a record held by an
-    /// exchange is read in place: passing it by value copied it, retaining every field.
+    /// Takes a flow record into the log pipeline, leaving `FlowRecord.taken` in its place: the
+    /// record is moved, not copied (a copy retained every field, and released it twice after).
     func record(_ record: inout FlowRecord) {
         switch record.action {
         case .httpRequest: counters.increment(.requests)
@@ -117,7 +117,8 @@ final class Worker: TimerTarget, @unchecked Sendable {  // confined to `loop`'s 
         }
         // Without a sink nothing reads the document: logging off costs nothing.
         guard flowLog.isEnabled || settings.shipper != nil else { return }
-        pendingRecords.append(record)
+        pendingRecords.append(FlowRecord.taken)
+        swap(&pendingRecords[pendingRecords.count - 1], &record)
     }
 
     /// Encodes the records of this loop iteration and hands them to the sinks: one run of the

@@ -247,11 +247,17 @@ def test_websocket_echo_through_upgrade(testbed, origin, tollgate, marker):
         c.ws_send(0x8, (1000).to_bytes(2, "big"))
         assert c.ws_recv()[0] == 0x8
         port = c.sock.getsockname()[1]
-    # The upgrade request is logged as a request; the tunnel after it may get its own record.
+    # The upgrade request is logged as a request, and the tunnel after it, once closed, as a
+    # tunnel carrying the request's connection fields and the frames' bytes.
     [flow] = flows_from(tollgate, port, extra=lambda r: field(r, "http.response.status_code", None) == 101)
     assert_flow(flow, {"event.action": "http_request", "network.protocol": "websocket",
                        "tollgate.mode": "transparent", "url.full": f"http://{ORIGIN_IP}/ws?{marker}"},
                 required=HTTP_FIELDS)
+    [tunnel] = flows_from(tollgate, port, extra=lambda r: field(r, "event.action", None) == "tunnel")
+    assert_flow(tunnel, {"network.protocol": "websocket", "tollgate.mode": "transparent",
+                         "destination.ip": ORIGIN_IP, "url.full": f"http://{ORIGIN_IP}/ws?{marker}"},
+                required=COMMON_FIELDS)
+    assert field(tunnel, "source.bytes", 0) > 70000 and field(tunnel, "destination.bytes", 0) > 70000, tunnel
 
 
 def test_uploads_stream_with_content_length_and_chunked(testbed, origin, tollgate, marker):
