@@ -14,13 +14,13 @@ public struct Redaction: Sendable {
     /// Per secret name, what is compared before its bytes: its length (high half) and its first
     /// four bytes folded to lower case (low half). Plain integers, so the scan retains nothing.
     private let secretKeys: [UInt64]
-    /// Bit n set when some secret name is n bytes long: most headers are ruled out by length alone.
-    private let secretLengths: UInt64
+    /// The `nameBit`s of the secret names: most headers are ruled out by this word alone.
+    private let secretBits: UInt64
 
     public init(extraHeaders: [String]) {
         secretNames = Set(Self.builtInHeaders + extraHeaders.map { $0.lowercased() }).map { Array($0.utf8) }
         secretKeys = secretNames.map { name in name.withUnsafeBytes { Self.key($0) } }
-        secretLengths = secretNames.reduce(0) { $0 | Self.lengthBit($1.count) }
+        secretBits = secretNames.reduce(0) { bits, name in bits | name.withUnsafeBytes { Self.nameBit($0) } }
     }
 
     /// The query with the values of secret-looking parameters replaced.
@@ -40,17 +40,17 @@ public struct Redaction: Sendable {
         headers.withUnsafeBytes { head in
             func bytes(_ range: Range<Int>) -> UnsafeRawBufferPointer { UnsafeRawBufferPointer(rebasing: head[range]) }
             let fields = headers.fields
-            // Repeated names share a length: a name whose length no other field has is written
+            // Repeated names share a `nameBit`: a name whose bit no other field has is written
             // without comparing it to the others.
-            var lengths: UInt64 = 0, sharedLengths: UInt64 = 0
+            var seen: UInt64 = 0, shared: UInt64 = 0
             for field in fields {
-                let bit = Self.lengthBit(field.nameRange.count)
-                sharedLengths |= lengths & bit
-                lengths |= bit
+                let bit = Self.nameBit(bytes(field.nameRange))
+                shared |= seen & bit
+                seen |= bit
             }
             for index in fields.indices {
                 let name = bytes(fields[index].nameRange)
-                let mayRepeat = sharedLengths & Self.lengthBit(name.count) != 0
+                let mayRepeat = shared & Self.nameBit(name) != 0
                 if mayRepeat && fields[..<index].contains(where: { sameName(bytes($0.nameRange), name) }) { continue }
                 let secret = isSecret(name)
                 if !mayRepeat && !secret {
@@ -76,11 +76,15 @@ public struct Redaction: Sendable {
         out.endObject()
     }
 
-    /// Bit n for a name n bytes long (bit 63 for 63 and longer).
-    private static func lengthBit(_ count: Int) -> UInt64 { count < 63 ? 1 << UInt64(count) : 1 << 63 }
+    /// One of 64 bits, picked by a hash of the name's length and first four bytes (case folded):
+    /// equal names (in any case) get the same bit, most different ones another. By length alone,
+    /// Date and ETag, Last-Modified and Accept-Ranges, Server and Cookie all looked alike.
+    private static func nameBit(_ name: UnsafeRawBufferPointer) -> UInt64 {
+        1 << ((key(name) &* 0x9E37_79B9_7F4A_7C15) >> 58)
+    }
 
     private func isSecret(_ name: UnsafeRawBufferPointer) -> Bool {
-        guard secretLengths & Self.lengthBit(name.count) != 0 else { return false }
+        guard secretBits & Self.nameBit(name) != 0 else { return false }
         let key = Self.key(name)
         for index in secretKeys.indices where secretKeys[index] == key {
             if secretNames[index].withUnsafeBytes({ sameName($0, name) }) { return true }

@@ -1,3 +1,4 @@
+import Foundation
 import Testing
 import TollgateHTTP
 import TollgateIO
@@ -104,6 +105,21 @@ import TollgateShipping
         Redaction(extraHeaders: ["X-Mine"]).write(head.headers, into: &writer)
         #expect(String(decoding: writer.bytes, as: UTF8.self)
                 == "{\"host\":\"a\",\"authorization\":\"[redacted]\",\"x-custom\":\"1, 2\",\"x-cusxom\":\"9\",\"x-mine\":\"[redacted]\"}")
+    }
+
+    /// Every built-in secret name, in any case, is redacted; names that look like one (same
+    /// length, same first bytes) are not.
+    @Test func everySecretNameInAnyCaseAndNoLookalike() throws {
+        let secrets = ["AUTHORIZATION", "Proxy-Authorization", "cookie", "Set-Cookie", "x-VAULT-token", "X-Api-Key", "API-KEY"]
+        let lookalikes = ["Authorizatiom", "Cookies", "Cookie2", "Set-Cookie2", "X-Api-Kex", "Api-Keys", "Server"]
+        let text = "GET / HTTP/1.1\r\nHost: a\r\n" + (secrets + lookalikes).map { "\($0): v-\($0)\r\n" }.joined() + "\r\n"
+        let bytes = Array(text.utf8)
+        let head = try bytes.withUnsafeBytes { raw in try HeadParser.parseRequest(raw, length: raw.count, limits: HeadLimits()) }
+        var writer = JSONWriter()
+        Redaction(extraHeaders: []).write(head.headers, into: &writer)
+        let object = try #require(try JSONSerialization.jsonObject(with: Data(writer.bytes)) as? [String: String])
+        for name in secrets { #expect(object[name.lowercased()] == "[redacted]", "\(name)") }
+        for name in lookalikes { #expect(object[name.lowercased()] == "v-\(name)", "\(name)") }
     }
 
     @Test func userAgentComesFromTheRequestHead() throws {
