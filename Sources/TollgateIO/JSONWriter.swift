@@ -50,9 +50,8 @@ public struct JSONWriter: ~Copyable {
         separator()
         reserve(name.utf8CodeUnitCount + 3)
         storage[written] = UInt8(ascii: "\"")
-        // Keys are short: a plain loop beats a call to memmove.
-        let source = name.utf8Start
-        for k in 0..<name.utf8CodeUnitCount { storage[written + 1 + k] = source[k] }
+        // Inlined, the key's length is a constant: the copy compiles to a few moves, no call.
+        UnsafeMutableRawPointer(storage + written + 1).copyMemory(from: name.utf8Start, byteCount: name.utf8CodeUnitCount)
         written += name.utf8CodeUnitCount + 1
         storage[written] = UInt8(ascii: "\"")
         storage[written + 1] = UInt8(ascii: ":")
@@ -117,7 +116,7 @@ public struct JSONWriter: ~Copyable {
 
     /// A JSON value written as it is (a literal array, say): no per-call array as a variadic
     /// list of strings would allocate.
-    public mutating func literal(_ json: StaticString) {
+    @inlinable @inline(__always) public mutating func literal(_ json: StaticString) {
         raw(json)
         needsComma = true
     }
@@ -286,9 +285,9 @@ public struct JSONWriter: ~Copyable {
         written += 1
     }
 
-    @usableFromInline mutating func raw(_ text: StaticString) {
+    @inlinable @inline(__always) mutating func raw(_ text: StaticString) {
         reserve(text.utf8CodeUnitCount)
-        (storage + written).update(from: text.utf8Start, count: text.utf8CodeUnitCount)
+        UnsafeMutableRawPointer(storage + written).copyMemory(from: text.utf8Start, byteCount: text.utf8CodeUnitCount)
         written += text.utf8CodeUnitCount
     }
 
