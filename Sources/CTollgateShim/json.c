@@ -100,3 +100,15 @@ void tg_lowercase_token(void *dst, const void *src, size_t len) {
 }
 
 #endif
+
+size_t tg_json_token_member(void *dst, const void *name, size_t name_len, const void *value, size_t value_len) {
+    unsigned char *out = dst;
+    out[0] = '"';
+    tg_lowercase_token(out + 1, name, name_len);
+    size_t o = 1 + name_len;
+    memcpy(out + o, "\":\"", 3);
+    o += 3;
+    o += tg_json_escape(out + o, value, value_len);
+    out[o] = '"';
+    return o + 1;
+}

@@ -194,9 +194,9 @@ public struct JSONWriter: ~Copyable {
     /// writes a dozen of these).
     public mutating func lowercasedTokenMember(_ name: UnsafeRawBufferPointer, value: UnsafeRawBufferPointer) {
         separator()
-        reserve(name.count + 3 + 16 + Self.escapedBound(value.count) + 2)
-        appendLowercasedTokenKeyReserved(name)
-        appendQuotedReserved(value)
+        reserve(name.count + 6 + 16 + Self.escapedBound(value.count))
+        written += tg_json_token_member(storage + written, name.baseAddress ?? UnsafeRawPointer(storage), name.count,
+                                        value.baseAddress ?? UnsafeRawPointer(storage), value.count)
         needsComma = true
     }
 
