@@ -50,9 +50,10 @@ public struct Redaction: Sendable {
             }
             for index in fields.indices {
                 let name = bytes(fields[index].nameRange)
-                let mayRepeat = shared & Self.nameBit(name) != 0
+                let bit = Self.nameBit(name)
+                let mayRepeat = shared & bit != 0
                 if mayRepeat && fields[..<index].contains(where: { sameName(bytes($0.nameRange), name) }) { continue }
-                let secret = isSecret(name)
+                let secret = secretBits & bit != 0 && isSecret(name)
                 if !mayRepeat && !secret {
                     out.lowercasedTokenMember(name, value: bytes(fields[index].valueRange))
                     continue
@@ -83,8 +84,8 @@ public struct Redaction: Sendable {
         1 << ((key(name) &* 0x9E37_79B9_7F4A_7C15) >> 58)
     }
 
+    /// Whether `name` is a secret one (called only when its `nameBit` is among `secretBits`).
     private func isSecret(_ name: UnsafeRawBufferPointer) -> Bool {
-        guard secretBits & Self.nameBit(name) != 0 else { return false }
         let key = Self.key(name)
         for index in secretKeys.indices where secretKeys[index] == key {
             if secretNames[index].withUnsafeBytes({ sameName($0, name) }) { return true }
