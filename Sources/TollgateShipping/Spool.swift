@@ -595,15 +595,10 @@ public final class Spool: Sendable {
         }
         var rewritten = Array(bytes[..<start])
         for entry in entries { rewritten.append(contentsOf: bytes[entry]) }
-        let temporary = path(segment) + ".tmp"
-        let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
-        let written = fd >= 0 && (try? writeAll(fd, rewritten)) != nil && fdatasync(fd) == 0
-        if fd >= 0 { close(fd) }
-        guard written, rename(temporary, path(segment)) == 0 else {
-            unlink(temporary)
+        if let failure = replaceFile(path(segment), with: rewritten) {
             guard !running else { return nil }
             Log.error("elasticsearch spool \(path(segment)): damaged at offset \(first.lowerBound) and cannot be rewritten " +
-                      "(\(Errno(rawValue: errno))); cut off there")
+                      "(\(failure)); cut off there")
             _ = truncate(path(segment), off_t(first.lowerBound))
             return kept(first.lowerBound, entries.filter { $0.upperBound <= first.lowerBound })
         }
@@ -702,14 +697,24 @@ public final class Spool: Sendable {
     }
 
     private func persistAck(_ position: SpoolPosition) {
-        let temporary = directory + "/ack.tmp"
+        // Not written: the previous position stays, and only re-delivers what its _ids dedupe.
+        _ = replaceFile(directory + "/ack", with: Array("\(position.segment):\(position.offset)\n".utf8))
+    }
+
+    /// Replaces the file at `path` with `bytes` through `<path>.tmp`, synced and then renamed,
+    /// so that a crash leaves the old file or the new one, whole. Nil on success; on failure
+    /// the old file is left as it was and the error returned.
+    private func replaceFile(_ path: String, with bytes: [UInt8]) -> Errno? {
+        let temporary = path + ".tmp"
         let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
-        guard fd >= 0 else { return }
-        let text = Array("\(position.segment):\(position.offset)\n".utf8)
-        _ = try? writeAll(fd, text)
-        _ = fdatasync(fd)
+        guard fd >= 0 else { return Errno(rawValue: errno) }
+        var failure: Errno?
+        do throws(SystemError) { try writeAll(fd, bytes) } catch { failure = error.errno }
+        if failure == nil && fdatasync(fd) != 0 { failure = Errno(rawValue: errno) }
         close(fd)
-        rename(temporary, directory + "/ack")
+        if failure == nil && rename(temporary, path) != 0 { failure = Errno(rawValue: errno) }
+        if failure != nil { unlink(temporary) }
+        return failure
     }
 
     // MARK: Entries
