@@ -66,7 +66,7 @@ size_t tg_json_escape(void *dst, const void *src, size_t len) {
     return o;
 }
 
-void tg_lowercase_token(void *dst, const void *src, size_t len) {
+static void lowercase_token(void *dst, const void *src, size_t len) {
     unsigned char *out = dst;
     const unsigned char *in = src;
     const __m128i before_a = _mm_set1_epi8('A' - 1), after_z = _mm_set1_epi8('Z' + 1), case_bit = _mm_set1_epi8(0x20);
@@ -93,7 +93,7 @@ size_t tg_json_escape(void *dst, const void *src, size_t len) {
     return o;
 }
 
-void tg_lowercase_token(void *dst, const void *src, size_t len) {
+static void lowercase_token(void *dst, const void *src, size_t len) {
     unsigned char *out = dst;
     const unsigned char *in = src;
     for (size_t i = 0; i < len; i++) out[i] = in[i] >= 'A' && in[i] <= 'Z' ? (unsigned char)(in[i] | 0x20) : in[i];
@@ -101,13 +101,18 @@ void tg_lowercase_token(void *dst, const void *src, size_t len) {
 
 #endif
 
-size_t tg_json_token_member(void *dst, const void *name, size_t name_len, const void *value, size_t value_len) {
+size_t tg_json_token_key(void *dst, const void *name, size_t name_len) {
     unsigned char *out = dst;
     out[0] = '"';
-    tg_lowercase_token(out + 1, name, name_len);
-    size_t o = 1 + name_len;
-    memcpy(out + o, "\":\"", 3);
-    o += 3;
+    lowercase_token(out + 1, name, name_len);
+    memcpy(out + 1 + name_len, "\":", 2);
+    return name_len + 3;
+}
+
+size_t tg_json_token_member(void *dst, const void *name, size_t name_len, const void *value, size_t value_len) {
+    unsigned char *out = dst;
+    size_t o = tg_json_token_key(out, name, name_len);
+    out[o++] = '"';
     o += tg_json_escape(out + o, value, value_len);
     out[o] = '"';
     return o + 1;

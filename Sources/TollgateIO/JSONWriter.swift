@@ -185,30 +185,19 @@ public struct JSONWriter: ~Copyable {
     public mutating func lowercasedTokenKey(_ name: UnsafeRawBufferPointer) {
         separator()
         reserve(name.count + 3 + 16)  // 16: the last vector's overhang
-        appendLowercasedTokenKeyReserved(name)
+        written += tg_json_token_key(storage + written, name.baseAddress ?? UnsafeRawPointer(storage), name.count)
         needsComma = false
     }
 
     /// `"name":"value"`, a header field as a member: the name (a token) lower-cased, the value
-    /// escaped, with one reservation for the whole member rather than one per piece (a record
-    /// writes a dozen of these).
+    /// escaped, in one call with one reservation rather than one per piece (a record writes a
+    /// dozen of these).
     public mutating func lowercasedTokenMember(_ name: UnsafeRawBufferPointer, value: UnsafeRawBufferPointer) {
         separator()
         reserve(name.count + 6 + 16 + Self.escapedBound(value.count))
         written += tg_json_token_member(storage + written, name.baseAddress ?? UnsafeRawPointer(storage), name.count,
                                         value.baseAddress ?? UnsafeRawPointer(storage), value.count)
         needsComma = true
-    }
-
-    /// `"name":` with the name lower-cased; the caller reserved `name.count + 3 + 16` bytes.
-    private mutating func appendLowercasedTokenKeyReserved(_ name: UnsafeRawBufferPointer) {
-        storage[written] = UInt8(ascii: "\"")
-        written += 1
-        if let source = name.baseAddress { tg_lowercase_token(storage + written, source, name.count) }
-        written += name.count
-        storage[written] = UInt8(ascii: "\"")
-        storage[written + 1] = UInt8(ascii: ":")
-        written += 2
     }
 
     // MARK: Strings built from pieces
@@ -333,7 +322,6 @@ public struct JSONWriter: ~Copyable {
         }
         written += width
     }
-
 }
 
 /// The 16 lower-case hex digits of `value` at `destination` (record ids in JSON and in the spool).

@@ -97,8 +97,9 @@ uint32_t tg_crc32(uint32_t crc, const void *buf, size_t len);
 /// `len` bytes of `src` as the inside of a JSON string (quotes, backslashes, control characters
 /// and DEL escaped) at `dst`; returns the bytes written. `dst` needs room for 6 * len + 16.
 size_t tg_json_escape(void *dst, const void *src, size_t len);
-/// `len` bytes of `src` with ASCII capitals lower-cased, at `dst`, which needs room for len + 16.
-void tg_lowercase_token(void *dst, const void *src, size_t len);
+/// `"name":` at `dst`, the name (a token) with ASCII capitals lower-cased; returns the bytes
+/// written. `dst` needs room for name_len + 3 + 16.
+size_t tg_json_token_key(void *dst, const void *name, size_t name_len);
 /// `"name":"value"` at `dst`: a header field as a JSON member, the name (a token) lower-cased,
 /// the value escaped; returns the bytes written. `dst` needs room for name_len + 6 * value_len + 38.
 size_t tg_json_token_member(void *dst, const void *name, size_t name_len, const void *value, size_t value_len);
