@@ -45,7 +45,7 @@ public struct Socket: Hashable, Sendable {
         while true {
             let fd = tg_accept(self.fd, &storage, &length)
             if fd >= 0 {
-                let peer = SocketAddress(storage: storage) ?? SocketAddress(ip: IPAddress(bytes: [0, 0, 0, 0]), port: 0)
+                let peer = SocketAddress(storage: storage) ?? SocketAddress(ip: .unspecifiedV4, port: 0)
                 let socket = Socket(fd: fd)
                 socket.setNoDelay()
                 return (socket, peer)

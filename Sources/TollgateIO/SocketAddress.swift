@@ -77,6 +77,9 @@ public struct IPAddress: Hashable, Sendable, CustomStringConvertible {
     private let low: UInt64
     public let isV4: Bool
 
+    /// 0.0.0.0: the address of no peer.
+    public static let unspecifiedV4 = IPAddress(bytes: [0, 0, 0, 0])
+
     public init(bytes: [UInt8]) {
         precondition(bytes.count == 4 || bytes.count == 16, "IP address must have 4 or 16 bytes")
         isV4 = bytes.count == 4

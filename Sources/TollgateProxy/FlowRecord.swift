@@ -71,10 +71,12 @@ public struct FlowRecord: Sendable {
         self.mode = mode
     }
 
-    /// What a record taken by the log pipeline leaves behind: nothing in it is reference-counted,
-    /// so putting it in costs no retains.
-    static let taken = FlowRecord(start: 0, action: .rejected, source: SocketAddress(ip: IPAddress(bytes: [0, 0, 0, 0]), port: 0),
-                                  networkProtocol: "", agent: "", mode: "")
+    /// What a record taken by the log pipeline leaves behind. Built afresh, not copied from a
+    /// stored constant: the copy went through the type's outlined copy, a call per field.
+    static var taken: FlowRecord {
+        FlowRecord(start: 0, action: .rejected, source: SocketAddress(ip: .unspecifiedV4, port: 0),
+                   networkProtocol: "", agent: "", mode: "")
+    }
 
     public enum URLScheme: Sendable {
         case http, https

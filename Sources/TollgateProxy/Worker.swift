@@ -117,8 +117,8 @@ final class Worker: TimerTarget, @unchecked Sendable {  // confined to `loop`'s 
         }
         // Without a sink nothing reads the document: logging off costs nothing.
         guard flowLog.isEnabled || settings.shipper != nil else { return }
-        pendingRecords.append(FlowRecord.taken)
-        swap(&pendingRecords[pendingRecords.count - 1], &record)
+        pendingRecords.append(consume record)
+        record = .taken
     }
 
     /// Encodes the records of this loop iteration and hands them to the sinks: one run of the
@@ -127,14 +127,19 @@ final class Worker: TimerTarget, @unchecked Sendable {  // confined to `loop`'s 
     private func encodePendingRecords() {
         guard !pendingRecords.isEmpty else { return }
         for index in pendingRecords.indices {
+            // Swapped out, not read in place: an Array's subscript (or a pointer's pointee, or
+            // the swaps of `reverse()`) hands over a copy, which retained every field of the
+            // record and released it again.
+            var record = FlowRecord.taken
+            swap(&record, &pendingRecords[index])
             idCounter &+= 1
             let id = RecordID(prefix: idPrefix, counter: idCounter)
             json.reset()
-            pendingRecords[index].encode(into: &json, id: id, observer: settings.observer, redaction: settings.redaction)
+            record.encode(into: &json, id: id, observer: settings.observer, redaction: settings.redaction)
             json.withBytes { line in
                 if flowLog.isEnabled { flowLog.submit(line) }
                 // The shipper wants the document without the line's newline.
-                settings.shipper?.submit(timestampMilliseconds: pendingRecords[index].timestampMilliseconds, id: id,
+                settings.shipper?.submit(timestampMilliseconds: record.timestampMilliseconds, id: id,
                                          document: UnsafeRawBufferPointer(rebasing: line.dropLast()))
             }
         }
