@@ -1,4 +1,5 @@
 #include "tollgate_shim.h"
+#include <stdlib.h>
 #include <string.h>
 #include <stdio.h>
 #include <zlib.h>
@@ -48,8 +49,23 @@ static inline uint32_t load32(const unsigned char *p) { uint32_t v; memcpy(&v, p
 static inline uint64_t load64(const unsigned char *p) { uint64_t v; memcpy(&v, p, 8); return v; }
 static inline unsigned floor_log2(unsigned v) { return 31u - (unsigned)__builtin_clz(v); }
 
+// Where each 4-byte hash was last seen, kept from chunk to chunk so that no chunk pays for
+// clearing it (128 KiB, more than a 5 ms chunk of records). Entries hold a position + 1 counted
+// across all chunks (mod 2^32); `base` is where the current chunk starts in that count. An entry
+// from an earlier chunk, or one aliased by the count's wrap-around, lands outside the current
+// chunk or is refuted by the byte compare that checks every candidate, so it costs a probe at
+// worst, never a wrong match.
+struct tg_deflate_table {
+    uint32_t head[1u << HASH_BITS];
+    uint32_t base;
+};
+
+tg_deflate_table *tg_deflate_table_new(void) { return calloc(1, sizeof(tg_deflate_table)); }
+
+void tg_deflate_table_free(tg_deflate_table *table) { free(table); }
+
 // One fixed-Huffman block of `len` bytes of `src`, matches reaching no further back than `src`.
-static void deflate_block(bit_writer *w, const unsigned char *src, size_t len, int final) {
+static void deflate_block(bit_writer *w, tg_deflate_table *table, const unsigned char *src, size_t len, int final) {
     // The fixed code, bit-reversed because deflate sends Huffman codes most significant bit first.
     uint16_t literal_code[288];
     uint8_t literal_length[288];
@@ -63,20 +79,20 @@ static void deflate_block(bit_writer *w, const unsigned char *src, size_t len, i
         literal_length[s] = (uint8_t)length;
     }
     put_bits(w, (final ? 1 : 0) | (1 << 1), 3);  // BFINAL, BTYPE 01 (fixed Huffman)
-    uint32_t head[1u << HASH_BITS];  // last position + 1 with this hash, 0 for none
-    memset(head, 0, sizeof head);
+    uint32_t *head = table->head, base = table->base;
+    table->base = base + (uint32_t)len;
     size_t pos = 0;
     while (pos + 8 <= len) {
         uint32_t hash = (load32(src + pos) * 2654435761u) >> (32 - HASH_BITS);
-        size_t candidate = head[hash];
-        head[hash] = (uint32_t)pos + 1;
-        size_t distance = pos + 1 - candidate;
-        if (candidate == 0 || distance > WINDOW || load32(src + candidate - 1) != load32(src + pos)) {
+        size_t candidate = (uint32_t)(head[hash] - 1 - base);  // its position in this chunk
+        head[hash] = base + (uint32_t)pos + 1;
+        size_t distance = pos - candidate;
+        if (candidate >= pos || distance > WINDOW || load32(src + candidate) != load32(src + pos)) {
             unsigned s = src[pos++];
             put_bits(w, literal_code[s], literal_length[s]);
             continue;
         }
-        const unsigned char *a = src + pos, *b = src + candidate - 1;
+        const unsigned char *a = src + pos, *b = src + candidate;
         size_t limit = len - pos < MAX_MATCH ? len - pos : MAX_MATCH;
         size_t length = MIN_MATCH;
 #if defined(__SSE2__)
@@ -156,16 +172,19 @@ size_t tg_gzip_finish_chunks(void *out, uint32_t crc, uint64_t len) {
 
 long tg_gzip(const void *in, size_t len, void *out, size_t cap) {
     if (cap < tg_gzip_bound(len) || len > 0xFFFFFFF0u) return -1;
+    tg_deflate_table *table = tg_deflate_table_new();
+    if (!table) return -1;
     bit_writer w = {.out = out, .at = tg_gzip_start(out)};
-    deflate_block(&w, in, len, 1);
+    deflate_block(&w, table, in, len, 1);
+    tg_deflate_table_free(table);
     flush_bits(&w);
     return (long)(w.at + put_trailer(w.out + w.at, tg_crc32(0, in, len), len));
 }
 
-long tg_deflate_chunk(const void *in, size_t len, void *out, size_t cap) {
+long tg_deflate_chunk(tg_deflate_table *table, const void *in, size_t len, void *out, size_t cap) {
     if (cap < tg_gzip_bound(len) || len > 0xFFFFFFF0u) return -1;
     bit_writer w = {.out = out};
-    deflate_block(&w, in, len, 0);
+    deflate_block(&w, table, in, len, 0);
     // A sync flush: an empty stored block ends the chunk on a byte boundary (RFC 1951 §3.2.4),
     // so chunks can be laid one after another in a stream.
     put_bits(&w, 0, 3);

@@ -341,6 +341,8 @@ private func fileSize(_ path: String) -> Int {
         var generator = SystemRandomNumberGenerator()
         let json = Array((0..<3000).map { "{\"n\":\($0),\"url\":\"https://api.example.com/v1/items/\($0 * 7919 % 1000)\"}\n" }.joined().utf8)
         let random = (0..<50_000).map { _ in UInt8.random(in: 0...255, using: &generator) }
+        let table = tg_deflate_table_new()
+        defer { tg_deflate_table_free(table) }
         for input in [json, random, [], Array("x".utf8)] {
             var body: [UInt8] = []
             BulkBody.appendFrame(to: &body) { tg_gzip_start($0) }
@@ -349,7 +351,7 @@ private func fileSize(_ path: String) -> Int {
             for cut in cuts {
                 let piece = Array(input[cut])
                 var chunk = [UInt8](repeating: 0, count: tg_gzip_bound(piece.count))
-                let size = piece.withUnsafeBytes { i in chunk.withUnsafeMutableBytes { tg_deflate_chunk(i.baseAddress, i.count, $0.baseAddress, $0.count) } }
+                let size = piece.withUnsafeBytes { i in chunk.withUnsafeMutableBytes { tg_deflate_chunk(table, i.baseAddress, i.count, $0.baseAddress, $0.count) } }
                 #expect(size > 0)
                 chunk.removeLast(chunk.count - max(size, 0))
                 var alone = [UInt8](repeating: 0, count: piece.count + 1)

@@ -72,10 +72,15 @@ long tg_gzip(const void *in, size_t len, void *out, size_t cap);
 size_t tg_gzip_bound(size_t len);
 /// gunzip into `out`; returns the size or -1 (used by tests and for reading rotated logs).
 long tg_gunzip(const void *in, size_t len, void *out, size_t cap);
+/// The encoder's hash table, shared by the chunks one thread compresses so that it is cleared
+/// once, not per chunk (tg_deflate_table_new returns NULL when out of memory).
+typedef struct tg_deflate_table tg_deflate_table;
+tg_deflate_table *tg_deflate_table_new(void);
+void tg_deflate_table_free(tg_deflate_table *table);
 /// Raw deflate (RFC 1951) of `len` bytes as a non-final block ended by a sync flush, so chunks
 /// compressed apart can be concatenated into one stream; returns the size or -1. `cap` must be
-/// at least tg_gzip_bound(len).
-long tg_deflate_chunk(const void *in, size_t len, void *out, size_t cap);
+/// at least tg_gzip_bound(len). Matches never reach into earlier chunks.
+long tg_deflate_chunk(tg_deflate_table *table, const void *in, size_t len, void *out, size_t cap);
 /// The most bytes tg_gzip_start and tg_gzip_finish_chunks write.
 #define TG_GZIP_FRAME_BYTES 10
 /// Writes a gzip member's header (before tg_deflate_chunk chunks); returns its size.
