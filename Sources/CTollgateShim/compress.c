@@ -1,4 +1,5 @@
 #include "tollgate_shim.h"
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <stdio.h>
@@ -9,10 +10,11 @@
 
 // gzip for _bulk bodies, written here rather than through zlib's deflate. Bulk bodies repeat
 // themselves record after record, so nearly all the compression comes from long matches a
-// single hash probe finds; zlib's level 1 spends its time comparing those matches a byte at a
-// time. This encoder (the shape of zlib-ng's "quick" strategy) probes once, compares eight
-// bytes at a time and writes one block with the fixed Huffman code of RFC 1951 §3.2.6, which
-// needs no tree building: about three times zlib's level 1 speed for a slightly larger body.
+// single hash probe (or the last match's distance) finds; zlib's level 1 spends its time
+// comparing those matches a byte at a time. This encoder (the shape of zlib-ng's "quick"
+// strategy) probes once, compares sixteen bytes at a time and writes one block with the fixed
+// Huffman code of RFC 1951 §3.2.6, which needs no tree building: about three times zlib's
+// level 1 speed for a slightly larger body.
 
 #if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "the bit writer and the gzip trailer assume a little-endian host"
@@ -45,6 +47,9 @@ static inline unsigned reverse_bits(unsigned code, unsigned length) {
     return reversed;
 }
 
+// The five bits of a distance code, reversed (see literal_code).
+#define REVERSE5(c) ((((c) & 1u) << 4) | (((c) & 2u) << 2) | ((c) & 4u) | (((c) & 8u) >> 2) | (((c) & 16u) >> 4))
+
 static inline uint32_t load32(const unsigned char *p) { uint32_t v; memcpy(&v, p, 4); return v; }
 static inline uint64_t load64(const unsigned char *p) { uint64_t v; memcpy(&v, p, 8); return v; }
 static inline unsigned floor_log2(unsigned v) { return 31u - (unsigned)__builtin_clz(v); }
@@ -64,11 +69,13 @@ tg_deflate_table *tg_deflate_table_new(void) { return calloc(1, sizeof(tg_deflat
 
 void tg_deflate_table_free(tg_deflate_table *table) { free(table); }
 
-// One fixed-Huffman block of `len` bytes of `src`, matches reaching no further back than `src`.
-static void deflate_block(bit_writer *w, tg_deflate_table *table, const unsigned char *src, size_t len, int final) {
-    // The fixed code, bit-reversed because deflate sends Huffman codes most significant bit first.
-    uint16_t literal_code[288];
-    uint8_t literal_length[288];
+// The fixed Huffman code of RFC 1951 §3.2.6, bit-reversed because deflate sends Huffman codes
+// most significant bit first: built once, not per chunk.
+static uint16_t literal_code[288];
+static uint8_t literal_length[288];
+static pthread_once_t fixed_code_once = PTHREAD_ONCE_INIT;
+
+static void build_fixed_code(void) {
     for (unsigned s = 0; s < 288; s++) {
         unsigned code, length;
         if (s < 144) { code = 0x30 + s; length = 8; }
@@ -78,20 +85,39 @@ static void deflate_block(bit_writer *w, tg_deflate_table *table, const unsigned
         literal_code[s] = (uint16_t)reverse_bits(code, length);
         literal_length[s] = (uint8_t)length;
     }
+}
+
+// One fixed-Huffman block of `len` bytes of `src`, matches reaching no further back than `src`.
+static void deflate_block(bit_writer *writer, tg_deflate_table *table, const unsigned char *src, size_t len, int final) {
+    pthread_once(&fixed_code_once, build_fixed_code);
+    // A local copy of the writer: kept in registers, where through the pointer every store of
+    // output bytes made the compiler reload it.
+    bit_writer local = *writer, *w = &local;
     put_bits(w, (final ? 1 : 0) | (1 << 1), 3);  // BFINAL, BTYPE 01 (fixed Huffman)
     uint32_t *head = table->head, base = table->base;
     table->base = base + (uint32_t)len;
-    size_t pos = 0;
+    size_t pos = 0, rep = 0;
     while (pos + 8 <= len) {
         uint32_t hash = (load32(src + pos) * 2654435761u) >> (32 - HASH_BITS);
-        size_t candidate = (uint32_t)(head[hash] - 1 - base);  // its position in this chunk
+        uint32_t entry = head[hash];
         head[hash] = base + (uint32_t)pos + 1;
-        size_t distance = pos - candidate;
-        if (candidate >= pos || distance > WINDOW || load32(src + candidate) != load32(src + pos)) {
-            unsigned s = src[pos++];
-            put_bits(w, literal_code[s], literal_length[s]);
-            continue;
+        size_t candidate, distance;
+        // The last match's distance first: a record repeats the ones before it, so past a value
+        // that differs the next match is mostly at the same distance, found without the table
+        // (and a few bytes sooner than the table finds it).
+        if (rep != 0 && rep <= pos && load32(src + pos - rep) == load32(src + pos)) {
+            distance = rep;
+            candidate = pos - rep;
+        } else {
+            candidate = (uint32_t)(entry - 1 - base);  // its position in this chunk
+            distance = pos - candidate;
+            if (candidate >= pos || distance > WINDOW || load32(src + candidate) != load32(src + pos)) {
+                unsigned s = src[pos++];
+                put_bits(w, literal_code[s], literal_length[s]);
+                continue;
+            }
         }
+        rep = distance;
         const unsigned char *a = src + pos, *b = src + candidate;
         size_t limit = len - pos < MAX_MATCH ? len - pos : MAX_MATCH;
         size_t length = MIN_MATCH;
@@ -130,7 +156,7 @@ static void deflate_block(bit_writer *w, tg_deflate_table *table, const unsigned
             extra_bits = nb - 1;
             extra = d & ((1u << extra_bits) - 1);
         }
-        put_bits(w, reverse_bits(code, 5) | (extra << 5), 5 + extra_bits);
+        put_bits(w, REVERSE5(code) | (extra << 5), 5 + extra_bits);
         pos += length;
     }
     while (pos < len) {
@@ -138,6 +164,7 @@ static void deflate_block(bit_writer *w, tg_deflate_table *table, const unsigned
         put_bits(w, literal_code[s], literal_length[s]);
     }
     put_bits(w, literal_code[256], literal_length[256]);
+    *writer = local;
 }
 
 // Writes the bits still held, padding the last byte with zeros; returns the size.
