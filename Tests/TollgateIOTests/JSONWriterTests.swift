@@ -83,6 +83,20 @@ import TollgateIO
                 #"{"@timestamp":"2025-11-24T16:00:00.123Z","n":{"min":-9223372036854775808,"zero":0,"yes":true,"ip":"203.0.113.10"},"dyn\"amic":"x"}"#)
     }
 
+    /// IPv4 fields are formatted octet by octet into the buffer: every octet value, in every
+    /// position, reads as the address's own description does.
+    @Test func writesEveryIPv4OctetAsTheAddressDescribesIt() {
+        var out = JSONWriter(capacity: 4)
+        for value in 0...255 {
+            let octets = [value, 255 - value, value / 16, value % 10].map(UInt8.init)
+            let ip = IPAddress(bytes: octets)
+            out.reset()
+            out.field("ip", ip)
+            #expect(String(decoding: out.bytes, as: UTF8.self) == #""ip":"\#(ip.description)""#)
+            #expect(ip.description == octets.map(String.init).joined(separator: "."))
+        }
+    }
+
     /// Timestamps reuse the formatted date and time within a second: a writer that has seen
     /// earlier timestamps must write exactly what a fresh one does.
     @Test func timestampsWithinAndAcrossSecondsMatchFreshFormatting() {
