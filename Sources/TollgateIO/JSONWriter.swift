@@ -88,6 +88,13 @@ public struct JSONWriter: ~Copyable {
         integer(value)
     }
 
+    /// A value that is a constant JSON literal (a quoted enum name, say).
+    @inlinable @inline(__always) public mutating func field(_ name: StaticString, literal value: StaticString?) {
+        guard let value else { return }
+        key(name)
+        literal(value)
+    }
+
     @inlinable public mutating func field(_ name: StaticString, _ value: Bool?) {
         guard let value else { return }
         key(name)

@@ -82,14 +82,14 @@ extension ClientSession {
         // The exchange is made first and its record filled in place: a FlowRecord is large,
         // and each copy of one retained every field.
         let exchange = Exchange(
-            request: head, record: newRecord(action: .httpRequest, networkProtocol: "http"),
+            request: head, record: newRecord(action: .httpRequest, networkProtocol: .http),
             target: RequestTarget(host: "", port: 0, path: ""),
             requestDecoder: BodyDecoder(framing: head.framing), requestChunked: head.framing == .chunked,
             requestComplete: head.framing == .none || head.framing == .length(0) || head.isConnect,
             closeClientAfter: !head.keepAlive || draining, startNanoseconds: worker.loop.now)
         self.exchange = exchange
         exchange.record.method = head.method
-        exchange.record.httpVersion = head.minorVersion == 1 ? "1.1" : "1.0"
+        exchange.record.httpVersion = head.minorVersion == 1 ? .http1_1 : .http1_0
 
         // Where to: the verified original destination (transparent), or the request's own target (explicit).
         let target: RequestTarget
@@ -131,7 +131,7 @@ extension ClientSession {
         }
         exchange.record.requestHeaders = head.headers
         exchange.record.destinationDomain = target.host
-        if head.isConnect { exchange.record.action = .tunnel; exchange.record.networkProtocol = "tcp" }
+        if head.isConnect { exchange.record.action = .tunnel; exchange.record.networkProtocol = .tcp }
 
         if settings.limits.bodyBytes > 0, case .length(let n) = head.framing, n > settings.limits.bodyBytes {
             return rejectHead(exchange, status: 413, type: "body_too_large",
@@ -332,7 +332,7 @@ extension ClientSession {
             return abort(reason: type, message: message)
         }
         if exchange == nil {  // raw relay that never connected
-            var record = newRecord(action: .tcpRelay, networkProtocol: tunnel?.networkProtocol ?? "tcp")
+            var record = newRecord(action: .tcpRelay, networkProtocol: tunnel?.networkProtocol ?? .tcp)
             record.destinationIP = originalDestination?.ip
             record.destinationPort = originalDestination?.port
             record.errorType = type
@@ -434,7 +434,7 @@ extension ClientSession {
             if head.status == 101, exchange.request.upgrade != nil {
                 exchange.response = head
                 exchange.record.statusCode = 101
-                exchange.record.networkProtocol = "websocket"
+                exchange.record.networkProtocol = .websocket
                 writeResponseHead(head, framing: .none, close: false, upgrade: true)
                 return switchToUpgradedTunnel()
             }
@@ -569,7 +569,7 @@ extension ClientSession {
         if let exchange, exchange.responseHeadSent { return abort(reason: type, message: message) }
         upstream?.close()
         upstream = nil
-        var record = exchange?.record ?? newRecord(action: .httpRequest, networkProtocol: "http")
+        var record = exchange?.record ?? newRecord(action: .httpRequest, networkProtocol: .http)
         record.statusCode = status
         if status != 403 || type != "policy_denied" {
             record.errorType = type

@@ -5,7 +5,7 @@ import TollgatePolicy
 extension ClientSession {
     /// Copies a decision into a flow record: verdict, rule name and file, reason.
     func apply(_ decision: Decision, to record: inout FlowRecord) {
-        record.decision = decision.verdict.rawValue
+        record.decision = decision.verdict
         record.reason = decision.reason
         if let index = decision.ruleIndex {
             let rule = policy.rules[index]
@@ -60,14 +60,14 @@ extension ClientSession {
         guard let destination = originalDestination else { return close() }
         let decision = policy.connectionDecision(agent: agentID, host: nil, ip: destination.ip, port: destination.port, rawTCP: true)
         guard decision.allowsTraffic else {
-            var record = newRecord(action: .tcpRelay, networkProtocol: "tcp")
+            var record = newRecord(action: .tcpRelay, networkProtocol: .tcp)
             record.destinationIP = destination.ip
             record.destinationPort = destination.port
             apply(decision, to: &record)
             worker.record(&record)
             return close()
         }
-        startRawRelay(networkProtocol: "tcp", decision: decision)
+        startRawRelay(networkProtocol: .tcp, decision: decision)
     }
 
     /// Splicing trusts the SNI only if the destination is one of its addresses (else SNI spoofing
@@ -81,7 +81,7 @@ extension ClientSession {
     private func finishSpliceCheck(addresses: [IPAddress], decision: Decision) {
         guard let destination = originalDestination else { return close() }
         if addresses.contains(destination.ip) {
-            return startRawRelay(networkProtocol: "tls", decision: decision)
+            return startRawRelay(networkProtocol: .tls, decision: decision)
         }
         tlsInfo?.handling = .intercepted
         pendingDenial = Decision(verdict: .deny, ruleIndex: decision.ruleIndex, reason: "sni_mismatch")

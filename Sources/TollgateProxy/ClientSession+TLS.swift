@@ -4,7 +4,7 @@ import TollgateTLS
 
 /// What Tollgate knows and did about the agent's TLS on this connection.
 struct TLSInfo {
-    enum Handling: String { case intercepted, spliced, failed }
+    typealias Handling = FlowRecord.TLSHandling
     var serverName: String?
     var handling: Handling
     var version: String?
@@ -50,11 +50,11 @@ extension ClientSession {
             // No CA: TLS cannot be opened, so it is relayed untouched unless denied.
             tlsInfo?.handling = .spliced
             if decision.verdict == .deny { return tlsDenied(decision) }
-            return startRawRelay(networkProtocol: "tls", decision: decision)
+            return startRawRelay(networkProtocol: .tls, decision: decision)
         }
         if decision.verdict == .splice {
             tlsInfo?.handling = .spliced
-            guard let name, policy.enforcing else { return startRawRelay(networkProtocol: "tls", decision: decision) }
+            guard let name, policy.enforcing else { return startRawRelay(networkProtocol: .tls, decision: decision) }
             return verifySpliceThenRelay(serverName: name, decision: decision)
         }
         interceptAfterDecision()
@@ -62,7 +62,7 @@ extension ClientSession {
 
     /// Without a CA a denied TLS connection can only be closed, with its record.
     private func tlsDenied(_ decision: Decision) {
-        var record = newRecord(action: .rejected, networkProtocol: "tls")
+        var record = newRecord(action: .rejected, networkProtocol: .tls)
         record.destinationIP = originalDestination?.ip
         record.destinationPort = originalDestination?.port
         apply(decision, to: &record)
@@ -124,7 +124,7 @@ extension ClientSession {
         }
         tlsInfo?.handling = .failed
         guard rejected else { return tlsFailed(type: "tls_handshake_failed", message: "\(error)") }
-        var record = newRecord(action: .tlsClientRejectedCertificate, networkProtocol: "tls")
+        var record = newRecord(action: .tlsClientRejectedCertificate, networkProtocol: .tls)
         record.destinationIP = originalDestination?.ip
         record.destinationPort = originalDestination?.port
         record.tlsEstablished = false
@@ -148,7 +148,7 @@ extension ClientSession {
     func tlsFailed(type: String, message: String) {
         if tlsInfo == nil { tlsInfo = TLSInfo(serverName: nil, handling: .failed) }
         tlsInfo?.handling = .failed
-        var record = newRecord(action: .tlsFailed, networkProtocol: "tls")
+        var record = newRecord(action: .tlsFailed, networkProtocol: .tls)
         record.destinationIP = originalDestination?.ip
         record.destinationPort = originalDestination?.port
         record.tlsEstablished = false

@@ -5,7 +5,7 @@ import TollgatePolicy
 /// A byte tunnel: CONNECT, an upgraded (101) connection, or a raw TCP relay.
 struct TunnelState {
     var record: FlowRecord
-    var networkProtocol: String
+    var networkProtocol: FlowRecord.NetworkProtocol
     /// The client's FIN was passed on to the upstream, and vice versa.
     var clientFinished = false
     var upstreamFinished = false
@@ -16,13 +16,13 @@ struct TunnelState {
 
 extension ClientSession {
     /// Relays the connection untouched to the original destination (raw TCP, spliced TLS).
-    func startRawRelay(networkProtocol: String, decision: Decision) {
+    func startRawRelay(networkProtocol: FlowRecord.NetworkProtocol, decision: Decision) {
         guard let destination = originalDestination else { return close() }
         var record = newRecord(action: .tcpRelay, networkProtocol: networkProtocol)
         record.destinationIP = destination.ip
         record.destinationPort = destination.port
         apply(decision, to: &record)
-        if networkProtocol == "tls" { worker.counters.increment(.tlsSpliced) }
+        if networkProtocol == .tls { worker.counters.increment(.tlsSpliced) }
         tunnel = TunnelState(record: record, networkProtocol: networkProtocol, startNanoseconds: worker.loop.now,
                              clientBytesBase: (0, 0))
         upstreamDestination = destination

@@ -52,7 +52,7 @@ final class ClientSession: ConnectionDelegate, TimerTarget {
     }
 
     var settings: ProxySettings { worker.settings }
-    var modeName: String { kind == .transparent ? "transparent" : "explicit" }
+    var mode: FlowRecord.Mode { kind == .transparent ? .transparent : .explicit }
 
     func start() {
         do { try client.start(delegate: self) } catch {
@@ -83,7 +83,7 @@ final class ClientSession: ConnectionDelegate, TimerTarget {
     }
 
     private func rejectLoop(_ destination: SocketAddress?) {
-        var record = newRecord(action: .rejected, networkProtocol: "tcp")
+        var record = newRecord(action: .rejected, networkProtocol: .tcp)
         record.destinationIP = destination?.ip
         record.destinationPort = destination?.port
         record.errorType = "loop_detected"
@@ -108,13 +108,13 @@ final class ClientSession: ConnectionDelegate, TimerTarget {
         }
     }
 
-    func newRecord(action: FlowRecord.Action, networkProtocol: String) -> FlowRecord {
+    func newRecord(action: FlowRecord.Action, networkProtocol: FlowRecord.NetworkProtocol) -> FlowRecord {
         var record = FlowRecord(start: wallClockMilliseconds(), action: action, source: source,
-                                networkProtocol: networkProtocol, agent: agent, mode: modeName)
+                                networkProtocol: networkProtocol, agent: agent, mode: mode)
         record.destinationIP = originalDestination?.ip
         record.destinationPort = originalDestination?.port
         if let tlsInfo {
-            record.tlsHandling = tlsInfo.handling.rawValue
+            record.tlsHandling = tlsInfo.handling
             record.tlsServerName = tlsInfo.serverName
             record.tlsVersion = tlsInfo.version
             record.tlsCipher = tlsInfo.cipher

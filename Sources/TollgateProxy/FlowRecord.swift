@@ -1,6 +1,7 @@
 // TollgateProxy: the daemon — listeners, proxy sessions, the upstream pool and flow records.
 import TollgateHTTP
 import TollgateIO
+import TollgatePolicy
 import TollgateShipping
 
 /// One flow: an HTTP exchange, a tunnel, a raw TCP relay or a refused connection. Field names
@@ -35,16 +36,14 @@ public struct FlowRecord: Sendable {
     /// Heads as parsed; written with secret values redacted.
     public var requestHeaders: Headers?
     public var responseHeaders: Headers?
-    public var httpVersion: String?
+    public var httpVersion: HTTPVersion?
     public var method: String?
     public var requestBodyBytes: Int?
     public var statusCode: Int?
     public var responseBodyBytes: Int?
-    /// `http`, `websocket`, `tls`, `tcp`.
-    public var networkProtocol: String
+    public var networkProtocol: NetworkProtocol
     public var agent: String
-    /// `transparent` or `explicit`.
-    public var mode: String
+    public var mode: Mode
     public var upstreamReused: Bool?
     /// TLS as seen by the agent: `1.3`, cipher, SNI, whether the handshake completed, and what
     /// Tollgate did with it (`intercepted`, `spliced`, `failed`).
@@ -52,16 +51,16 @@ public struct FlowRecord: Sendable {
     public var tlsCipher: String?
     public var tlsServerName: String?
     public var tlsEstablished: Bool?
-    public var tlsHandling: String?
-    /// The policy's verdict (`allow`, `deny`, `splice`, `report`), the rule and its file, and why.
-    public var decision: String?
+    public var tlsHandling: TLSHandling?
+    /// The policy's verdict, the rule and its file, and why.
+    public var decision: Decision.Verdict?
     public var ruleName: String?
     public var ruleset: String?
     public var reason: String?
     public var errorType: String?
     public var errorMessage: String?
 
-    public init(start: Int64, action: Action, source: SocketAddress, networkProtocol: String, agent: String, mode: String) {
+    public init(start: Int64, action: Action, source: SocketAddress, networkProtocol: NetworkProtocol, agent: String, mode: Mode) {
         timestampMilliseconds = start
         self.action = action
         sourceIP = source.ip
@@ -75,11 +74,65 @@ public struct FlowRecord: Sendable {
     /// stored constant: the copy went through the type's outlined copy, a call per field.
     static var taken: FlowRecord {
         FlowRecord(start: 0, action: .rejected, source: SocketAddress(ip: .unspecifiedV4, port: 0),
-                   networkProtocol: "", agent: "", mode: "")
+                   networkProtocol: .tcp, agent: "", mode: .transparent)
     }
 
     public enum URLScheme: Sendable {
         case http, https
+    }
+
+    // Fields with a fixed set of values are enums, written as constant JSON literals: as
+    // Strings, each cost a retain, a release and an escape scan per record.
+
+    /// `network.protocol`.
+    public enum NetworkProtocol: Sendable {
+        case http, websocket, tls, tcp
+
+        var json: StaticString {
+            switch self {
+            case .http: #""http""#
+            case .websocket: #""websocket""#
+            case .tls: #""tls""#
+            case .tcp: #""tcp""#
+            }
+        }
+    }
+
+    /// `tollgate.mode`: how the agent reached Tollgate.
+    public enum Mode: Sendable {
+        case transparent, explicit
+
+        var json: StaticString {
+            switch self {
+            case .transparent: #""transparent""#
+            case .explicit: #""explicit""#
+            }
+        }
+    }
+
+    /// `http.version`.
+    public enum HTTPVersion: Sendable {
+        case http1_0, http1_1
+
+        var json: StaticString {
+            switch self {
+            case .http1_0: #""1.0""#
+            case .http1_1: #""1.1""#
+            }
+        }
+    }
+
+    /// `tollgate.tls`: what Tollgate did with the agent's TLS.
+    public enum TLSHandling: Sendable {
+        case intercepted, spliced, failed
+
+        var json: StaticString {
+            switch self {
+            case .intercepted: #""intercepted""#
+            case .spliced: #""spliced""#
+            case .failed: #""failed""#
+            }
+        }
     }
 
     /// Who wrote the record (ECS `observer`): the same in every record, so encoded once.
@@ -112,7 +165,7 @@ public struct FlowRecord: Sendable {
         out.key("category")
         if method != nil { out.literal(#"["network","web"]"#) } else { out.literal(#"["network"]"#) }
         out.key("type")
-        if decision == "deny" || action == .rejected {
+        if decision == .deny || action == .rejected {
             out.literal(#"["denied"]"#)
         } else if method != nil {
             out.literal(#"["access"]"#)
@@ -122,7 +175,7 @@ public struct FlowRecord: Sendable {
         out.field("action", action.rawValue)
         out.field("duration", Int(durationNanoseconds))
         out.key("outcome")
-        if errorType == nil && decision != "deny" { out.literal(#""success""#) } else { out.literal(#""failure""#) }
+        if errorType == nil && decision != .deny { out.literal(#""success""#) } else { out.literal(#""failure""#) }
         out.field("reason", reason)
         out.endObject()
         out.beginObject("source")
@@ -151,7 +204,7 @@ public struct FlowRecord: Sendable {
         }
         if method != nil || statusCode != nil {
             out.beginObject("http")
-            out.field("version", httpVersion)
+            out.field("version", literal: httpVersion?.json)
             if method != nil || requestBodyBytes != nil {
                 out.beginObject("request")
                 out.field("method", method)
@@ -176,7 +229,7 @@ public struct FlowRecord: Sendable {
             out.endObject()
         }
         out.beginObject("network")
-        out.field("protocol", networkProtocol)
+        out.field("protocol", literal: networkProtocol.json)
         out.key("transport"); out.literal(#""tcp""#)
         out.endObject()
         if ruleName != nil {
@@ -196,9 +249,9 @@ public struct FlowRecord: Sendable {
         }
         out.beginObject("tollgate")
         out.field("agent", agent)
-        out.field("mode", mode)
-        out.field("tls", tlsHandling)
-        out.field("decision", decision)
+        out.field("mode", literal: mode.json)
+        out.field("tls", literal: tlsHandling?.json)
+        out.field("decision", literal: decision?.json)
         out.field("upstream_reused", upstreamReused)
         out.endObject()
         if let errorType {
@@ -236,5 +289,17 @@ public struct FlowRecord: Sendable {
             out.appendEscaped(urlQuery)
         }
         out.closeString()
+    }
+}
+
+extension Decision.Verdict {
+    /// `tollgate.decision`.
+    var json: StaticString {
+        switch self {
+        case .allow: #""allow""#
+        case .deny: #""deny""#
+        case .splice: #""splice""#
+        case .report: #""report""#
+        }
     }
 }

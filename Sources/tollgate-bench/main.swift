@@ -71,7 +71,7 @@ func benchRecords() {
                               "Connection: keep-alive\r\nETag: \"6745a1b8-400\"\r\nAccept-Ranges: bytes\r\n\r\n").utf8)
     let response = responseHead.withUnsafeBytes { try! HeadParser.parseResponse($0, length: $0.count, limits: HeadLimits(), requestIsHead: false) }
     var record = FlowRecord(start: wallClockMilliseconds(), action: .httpRequest, source: SocketAddress(parsing: "10.99.0.2:40000")!,
-                            networkProtocol: "http", agent: "worker-1", mode: "transparent")
+                            networkProtocol: .http, agent: "worker-1", mode: .transparent)
     record.method = "GET"
     record.urlScheme = .https
     record.urlDomain = "api.example.com"
@@ -84,7 +84,7 @@ func benchRecords() {
     record.destinationPort = 443
     record.requestHeaders = request.headers
     record.responseHeaders = response.headers
-    record.decision = "allow"
+    record.decision = .allow
     record.ruleName = "model-apis"
     let observer = FlowRecord.Observer(hostname: "orchestrator", version: "0.1.0")
     let redaction = Redaction(extraHeaders: [])

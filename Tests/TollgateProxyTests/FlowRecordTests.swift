@@ -2,14 +2,15 @@ import Foundation
 import Testing
 import TollgateHTTP
 import TollgateIO
+import TollgatePolicy
 import TollgateShipping
 @testable import TollgateProxy
 
 @Suite struct FlowRecordTests {
     @Test func encodesNestedECSFieldsAsOneLine() {
         var record = FlowRecord(start: 1_764_000_000_123, action: .httpRequest,
-                                source: SocketAddress(parsing: "10.99.0.2:40000")!, networkProtocol: "http",
-                                agent: "worker-1", mode: "transparent")
+                                source: SocketAddress(parsing: "10.99.0.2:40000")!, networkProtocol: .http,
+                                agent: "worker-1", mode: .transparent)
         record.method = "GET"
         record.statusCode = 200
         record.responseBodyBytes = 1024
@@ -34,11 +35,44 @@ import TollgateShipping
         #expect(line.filter { $0 == "\n" }.count == 1)
     }
 
+    /// Fields with a fixed set of values are written from constant literals: each value is
+    /// its name, and every line stays valid JSON.
+    @Test func writesEveryFixedValueByName() throws {
+        func encoded(_ change: (inout FlowRecord) -> Void) throws -> [String: Any] {
+            var record = FlowRecord(start: 0, action: .httpRequest, source: SocketAddress(parsing: "10.99.0.2:40000")!,
+                                    networkProtocol: .http, agent: "a", mode: .explicit)
+            record.method = "GET"
+            record.statusCode = 200
+            change(&record)
+            var writer = JSONWriter()
+            record.encode(into: &writer, id: RecordID(prefix: 1, counter: 2), observer: FlowRecord.Observer(hostname: "gw", version: "0"),
+                          redaction: Redaction(extraHeaders: []))
+            return try #require(JSONSerialization.jsonObject(with: Data(writer.bytes)) as? [String: Any])
+        }
+        func value(_ document: [String: Any], _ path: String) -> String? {
+            var node: Any? = document
+            for part in path.split(separator: ".") { node = (node as? [String: Any])?[String(part)] }
+            return node as? String
+        }
+        let protocols: [(FlowRecord.NetworkProtocol, String)] = [(.http, "http"), (.websocket, "websocket"), (.tls, "tls"), (.tcp, "tcp")]
+        for (given, name) in protocols { #expect(value(try encoded { $0.networkProtocol = given }, "network.protocol") == name) }
+        let modes: [(FlowRecord.Mode, String)] = [(.transparent, "transparent"), (.explicit, "explicit")]
+        for (given, name) in modes { #expect(value(try encoded { $0.mode = given }, "tollgate.mode") == name) }
+        let versions: [(FlowRecord.HTTPVersion, String)] = [(.http1_0, "1.0"), (.http1_1, "1.1")]
+        for (given, name) in versions { #expect(value(try encoded { $0.httpVersion = given }, "http.version") == name) }
+        let handlings: [(FlowRecord.TLSHandling, String)] = [(.intercepted, "intercepted"), (.spliced, "spliced"), (.failed, "failed")]
+        for (given, name) in handlings { #expect(value(try encoded { $0.tlsHandling = given }, "tollgate.tls") == name) }
+        let verdicts: [(Decision.Verdict, String)] = [(.allow, "allow"), (.deny, "deny"), (.splice, "splice"), (.report, "report")]
+        for (given, name) in verdicts { #expect(value(try encoded { $0.decision = given }, "tollgate.decision") == name) }
+        #expect(value(try encoded { $0.decision = .deny }, "event.outcome") == "failure")
+        #expect(value(try encoded { $0.decision = .allow }, "event.outcome") == "success")
+    }
+
     /// `url.full` is put together from its parts while encoding.
     @Test func writesTheFullURLFromItsParts() {
         func full(_ scheme: FlowRecord.URLScheme?, _ domain: String, _ port: UInt16?, _ path: String?, _ query: String?) -> String {
             var record = FlowRecord(start: 0, action: .httpRequest, source: SocketAddress(parsing: "10.99.0.2:40000")!,
-                                    networkProtocol: "http", agent: "a", mode: "explicit")
+                                    networkProtocol: .http, agent: "a", mode: .explicit)
             record.urlScheme = scheme
             record.urlDomain = domain
             record.urlPort = port
@@ -125,7 +159,7 @@ import TollgateShipping
     @Test func userAgentComesFromTheRequestHead() throws {
         let bytes = Array("GET / HTTP/1.1\r\nHost: a\r\nUser-Agent: curl/8.1 \"x\"\r\n\r\n".utf8)
         var record = FlowRecord(start: 0, action: .httpRequest, source: SocketAddress(parsing: "10.99.0.2:40000")!,
-                                networkProtocol: "http", agent: "a", mode: "explicit")
+                                networkProtocol: .http, agent: "a", mode: .explicit)
         record.method = "GET"
         record.requestHeaders = try bytes.withUnsafeBytes { raw in try HeadParser.parseRequest(raw, length: raw.count, limits: HeadLimits()) }.headers
         var writer = JSONWriter()
