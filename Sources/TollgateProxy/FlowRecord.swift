@@ -7,10 +7,20 @@ import TollgateShipping
 /// One flow: an HTTP exchange, a tunnel, a raw TCP relay or a refused connection. Field names
 /// follow ECS; `tollgate.*` holds our own. Later issues add fields (TLS, rule, budget) here.
 public struct FlowRecord: Sendable {
-    public enum Action: String, Sendable {
-        case httpRequest = "http_request", tunnel, tcpRelay = "tcp_relay", rejected
-        case tlsFailed = "tls_failed"
-        case tlsClientRejectedCertificate = "tls.client_rejected_certificate"
+    /// `event.action`.
+    public enum Action: Sendable {
+        case httpRequest, tunnel, tcpRelay, rejected, tlsFailed, tlsClientRejectedCertificate
+
+        var json: StaticString {
+            switch self {
+            case .httpRequest: #""http_request""#
+            case .tunnel: #""tunnel""#
+            case .tcpRelay: #""tcp_relay""#
+            case .rejected: #""rejected""#
+            case .tlsFailed: #""tls_failed""#
+            case .tlsClientRejectedCertificate: #""tls.client_rejected_certificate""#
+            }
+        }
     }
 
     public var timestampMilliseconds: Int64
@@ -172,7 +182,7 @@ public struct FlowRecord: Sendable {
         } else {
             out.literal(#"["connection"]"#)
         }
-        out.field("action", action.rawValue)
+        out.field("action", literal: action.json)
         out.field("duration", Int(durationNanoseconds))
         out.key("outcome")
         if errorType == nil && decision != .deny { out.literal(#""success""#) } else { out.literal(#""failure""#) }

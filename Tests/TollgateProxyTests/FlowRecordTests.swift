@@ -54,6 +54,10 @@ import TollgateShipping
             for part in path.split(separator: ".") { node = (node as? [String: Any])?[String(part)] }
             return node as? String
         }
+        let actions: [(FlowRecord.Action, String)] = [(.httpRequest, "http_request"), (.tunnel, "tunnel"), (.tcpRelay, "tcp_relay"),
+                                                       (.rejected, "rejected"), (.tlsFailed, "tls_failed"),
+                                                       (.tlsClientRejectedCertificate, "tls.client_rejected_certificate")]
+        for (given, name) in actions { #expect(value(try encoded { $0.action = given }, "event.action") == name) }
         let protocols: [(FlowRecord.NetworkProtocol, String)] = [(.http, "http"), (.websocket, "websocket"), (.tls, "tls"), (.tcp, "tcp")]
         for (given, name) in protocols { #expect(value(try encoded { $0.networkProtocol = given }, "network.protocol") == name) }
         let modes: [(FlowRecord.Mode, String)] = [(.transparent, "transparent"), (.explicit, "explicit")]
