@@ -49,6 +49,13 @@ public final class Daemon {
         }
     }
 
+    /// Re-executes the program once with glibc's per-thread cache of freed chunks raised (see
+    /// tg_reexec_with_malloc_tunables); returns without doing so when the environment already
+    /// sets it. Call before anything else: the process is replaced, arguments kept.
+    public static func tuneAllocatorCache() {
+        tg_reexec_with_malloc_tunables(CommandLine.unsafeArgv)
+    }
+
     /// Binds every listener (failing fast if one cannot be bound), then serves. Returns after a drain.
     public func run() throws(StartError) {
         // Connection buffers come and go with every exchange; keep freed memory in the process

@@ -23,6 +23,7 @@ struct Run: ParsableCommand {
     var config: String
 
     func run() throws {
+        Daemon.tuneAllocatorCache()  // first: it may replace the process
         let loaded = try loadConfig(config)
         do {
             try Daemon(config: loaded).run()

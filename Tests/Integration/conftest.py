@@ -57,16 +57,16 @@ class TollgateManager:
             return self.current
         return self._start(overrides, key)
 
-    def fresh(self, overrides=None):
+    def fresh(self, overrides=None, env=None):
         """A new daemon the caller owns (e.g. to signal it); not reused afterwards."""
-        tg = self._start(overrides, None)
+        tg = self._start(overrides, None, env)
         self.key = None
         return tg
 
-    def _start(self, overrides, key):
+    def _start(self, overrides, key, env=None):
         self.stop()
         self.count += 1
-        self.current = self.bed.start_tollgate(overrides, name=f"tollgate{self.count}")
+        self.current = self.bed.start_tollgate(overrides, name=f"tollgate{self.count}", env=env)
         self.key = key
         return self.current
 

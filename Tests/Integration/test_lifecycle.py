@@ -155,3 +155,21 @@ def test_example_config_passes_check_config():
     res = subprocess.run([tollgate_binary(), "check-config", "--config", path], capture_output=True, text=True,
                          timeout=15, cwd=REPO)
     assert res.returncode == 0, res.stderr
+
+
+def _tunables(pid):
+    """The GLIBC_TUNABLES items tollgate started with. glibc splits the variable in place while
+    parsing it, so its ':'-separated items read as separate strings in /proc/<pid>/environ."""
+    raw = open(f"/proc/{pid}/environ", "rb").read()
+    return [item.decode().removeprefix("GLIBC_TUNABLES=") for item in raw.split(b"\0") if b"glibc." in item]
+
+
+def test_run_raises_the_allocator_cache_unless_the_operator_set_it(tollgates):
+    tg = tollgates.fresh()
+    assert "glibc.malloc.tcache_count=256" in _tunables(tg.pid), "tollgate re-executes itself with the larger cache"
+    assert tg.healthz()[0] == 200
+    tg = tollgates.fresh(env={"GLIBC_TUNABLES": "glibc.malloc.arena_max=2:glibc.malloc.tcache_count=32"})
+    assert _tunables(tg.pid) == ["glibc.malloc.arena_max=2", "glibc.malloc.tcache_count=32"], "the operator's setting is kept"
+    assert tg.healthz()[0] == 200
+    tg = tollgates.fresh(env={"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"})
+    assert _tunables(tg.pid) == ["glibc.malloc.arena_max=2", "glibc.malloc.tcache_count=256"], "other tunables are kept"
