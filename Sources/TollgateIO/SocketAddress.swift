@@ -73,12 +73,19 @@ public struct SocketAddress: Hashable, Sendable, CustomStringConvertible {
 /// An IPv4 (4 bytes) or IPv6 (16 bytes) address, compared and hashed by its bytes.
 public struct IPAddress: Hashable, Sendable, CustomStringConvertible {
     /// Network-order bytes; stored inline as two words to keep the type allocation-free.
-    private let high: UInt64
-    private let low: UInt64
+    @usableFromInline let high: UInt64
+    @usableFromInline let low: UInt64
     public let isV4: Bool
 
-    /// 0.0.0.0: the address of no peer.
-    public static let unspecifiedV4 = IPAddress(bytes: [0, 0, 0, 0])
+    /// 0.0.0.0: the address of no peer. Computed, and inlined: as a stored constant each use
+    /// went through its lazy initialisation check (swift_once), once per flow record.
+    @inlinable public static var unspecifiedV4: IPAddress { IPAddress(high: 0, low: 0, isV4: true) }
+
+    @inlinable init(high: UInt64, low: UInt64, isV4: Bool) {
+        self.high = high
+        self.low = low
+        self.isV4 = isV4
+    }
 
     public init(bytes: [UInt8]) {
         precondition(bytes.count == 4 || bytes.count == 16, "IP address must have 4 or 16 bytes")
