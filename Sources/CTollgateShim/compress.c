@@ -20,7 +20,9 @@
 #error "the bit writer and the gzip trailer assume a little-endian host"
 #endif
 
-enum { HASH_BITS = 15, WINDOW = 32768, MIN_MATCH = 4, MAX_MATCH = 258 };
+// 4096 entries (16 KiB, which stays in the level-1 cache beside the event loop's data): with
+// the last distance tried first, a table of 32768 compressed no better.
+enum { HASH_BITS = 12, WINDOW = 32768, MIN_MATCH = 4, MAX_MATCH = 258 };
 
 typedef struct {
     unsigned char *out;
@@ -55,7 +57,7 @@ static inline uint64_t load64(const unsigned char *p) { uint64_t v; memcpy(&v, p
 static inline unsigned floor_log2(unsigned v) { return 31u - (unsigned)__builtin_clz(v); }
 
 // Where each 4-byte hash was last seen, kept from chunk to chunk so that no chunk pays for
-// clearing it (128 KiB, more than a 5 ms chunk of records). Entries hold a position + 1 counted
+// clearing it. Entries hold a position + 1 counted
 // across all chunks (mod 2^32); `base` is where the current chunk starts in that count. An entry
 // from an earlier chunk, or one aliased by the count's wrap-around, lands outside the current
 // chunk or is refuted by the byte compare that checks every candidate, so it costs a probe at

@@ -149,7 +149,7 @@ struct DailyIndex: Sendable {
 }
 
 /// The deflate encoder's hash table, owned by one builder and kept from entry to entry: clearing
-/// its 128 KiB for every entry cost more than a tenth of compressing one.
+/// it for every entry cost more than a tenth of compressing one.
 private final class DeflateTable {
     let pointer: OpaquePointer
 
