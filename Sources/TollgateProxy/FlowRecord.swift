@@ -164,8 +164,10 @@ public struct FlowRecord: Sendable {
 
     /// Appends the record as one JSON line; `id` becomes `event.id` (and the Elasticsearch `_id`).
     /// Straight-line writer calls, no closures: a closure capturing the record copied it,
-    /// retaining every field, which cost more than the encoding itself.
-    public func encode(into out: inout JSONWriter, id: RecordID, observer: Observer, redaction: Redaction) {
+    /// retaining every field, which cost more than the encoding itself. `mutating` changes
+    /// nothing: it lets a record be encoded where it lies, in an array, which a non-mutating call
+    /// on an element does not (it copies the element, retaining every field, or must move it out).
+    public mutating func encode(into out: inout JSONWriter, id: RecordID, observer: Observer, redaction: Redaction) {
         out.beginObject()
         out.key("@timestamp"); out.timestamp(milliseconds: timestampMilliseconds)
         out.beginObject("event")

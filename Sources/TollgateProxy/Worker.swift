@@ -127,19 +127,16 @@ final class Worker: TimerTarget, @unchecked Sendable {  // confined to `loop`'s 
     private func encodePendingRecords() {
         guard !pendingRecords.isEmpty else { return }
         for index in pendingRecords.indices {
-            // Swapped out, not read in place: an Array's subscript (or a pointer's pointee, or
-            // the swaps of `reverse()`) hands over a copy, which retained every field of the
-            // record and released it again.
-            var record = FlowRecord.taken
-            swap(&record, &pendingRecords[index])
             idCounter &+= 1
             let id = RecordID(prefix: idPrefix, counter: idCounter)
             json.reset()
-            record.encode(into: &json, id: id, observer: settings.observer, redaction: settings.redaction)
+            // In place (see `encode`): neither copied nor moved out.
+            pendingRecords[index].encode(into: &json, id: id, observer: settings.observer, redaction: settings.redaction)
+            let timestamp = pendingRecords[index].timestampMilliseconds
             json.withBytes { line in
                 if flowLog.isEnabled { flowLog.submit(line) }
                 // The shipper wants the document without the line's newline.
-                settings.shipper?.submit(timestampMilliseconds: record.timestampMilliseconds, id: id,
+                settings.shipper?.submit(timestampMilliseconds: timestamp, id: id,
                                          document: UnsafeRawBufferPointer(rebasing: line.dropLast()))
             }
         }
