@@ -1,19 +1,18 @@
 #!/usr/bin/env bash
-# Where the CPU time of Elasticsearch logging goes: bench/es_overhead.sh's configurations 1 (no
-# flow sinks) and 3 (log.elasticsearch), each sampled with `perf record` for a few seconds of its
-# measured run, round after round. Prints, per thread and per symbol, the CPU nanoseconds per
-# request of each configuration and their difference (what logging adds), summed over rounds.
+# Where the CPU time of Elasticsearch logging goes: bench/es_overhead.sh run with every measured
+# run sampled by `perf record` (BENCH_PERF); prints, per thread and per symbol, the CPU
+# nanoseconds per request of configurations 1 (no flow sinks) and 3 (log.elasticsearch) and
+# their difference (what logging adds), over all rounds.
 #
 # The whole-proxy ratios of es_overhead.sh move by +-10% from run to run on a small VM; the
 # per-symbol differences show which code a change made cheaper even when the ratio cannot.
 # Perf's own overhead inflates every figure a little, both configurations alike.
 #
-# Run as root:  bench/profile_es.sh [--rounds N] [--seconds S] [--top N] [--tollgate PATH]
+# Run as root:  bench/profile_es.sh [--rounds N] [--top N] [--tollgate PATH]
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 ROUNDS=3
-SECONDS_SAMPLED=8
 TOP=40
 TOLLGATE=${TOLLGATE_BIN:-$REPO/.build/release/tollgate}
 
@@ -21,7 +20,6 @@ usage() {
   cat <<EOF
 usage: $0 [options]            (run as root; needs perf: apt-get install linux-perf)
   --rounds N       rounds of bench/es_overhead.sh to sample (default $ROUNDS)
-  --seconds S      seconds sampled of each measured run (default $SECONDS_SAMPLED; the run lasts 10)
   --top N          symbols listed, largest difference first (default $TOP)
   --tollgate PATH  Tollgate binary (default \$TOLLGATE_BIN or .build/release/tollgate)
 EOF
@@ -30,7 +28,6 @@ EOF
 while [ $# -gt 0 ]; do
   case "$1" in
     --rounds) ROUNDS=$2; shift 2 ;;
-    --seconds) SECONDS_SAMPLED=$2; shift 2 ;;
     --top) TOP=$2; shift 2 ;;
     --tollgate) TOLLGATE=$2; shift 2 ;;
     -h|--help) usage; exit 0 ;;
@@ -41,67 +38,49 @@ command -v perf >/dev/null || { echo "perf not found: apt-get install linux-perf
 [ -x "$TOLLGATE" ] || { echo "Tollgate binary $TOLLGATE not found" >&2; exit 1; }
 
 OUT=$(mktemp -d /tmp/tollgate-profile-XXXXXX)
-BENCH_PID=""
-cleanup() {
-  if [ -n "$BENCH_PID" ]; then kill "$BENCH_PID" 2>/dev/null || true; wait "$BENCH_PID" 2>/dev/null || true; fi
-  rm -rf "$OUT"
-}
-trap cleanup EXIT
+trap 'rm -rf "$OUT"' EXIT
 
-# The daemon of a configuration, once es_overhead.sh has started it (not its check-config run).
-daemon_of() {  # config -> pid (waits)
-  local pid=""
-  while [ -z "$pid" ]; do
-    pid=$(pgrep -f "run --config .*/tollgate-$1\.yaml" | head -1 || true)
-    [ -n "$pid" ] || sleep 0.2
-  done
-  echo "$pid"
-}
-
+# es_overhead.sh profiles every measured run itself (BENCH_PERF, see bench/README.md):
+# DIR/<configuration>-r<round>.perf over exactly the run whose requests its table counts.
+BENCH_PERF="$OUT" BENCH_PERF_OPTS="-F 1999" bash "$REPO/bench/es_overhead.sh" --rounds "$ROUNDS" --tollgate "$TOLLGATE" \
+  >"$OUT/bench.txt" 2>"$OUT/bench.err" || { echo "bench/es_overhead.sh failed:" >&2; tail -20 "$OUT/bench.err" >&2; exit 1; }
 for round in $(seq 1 "$ROUNDS"); do
-  bash "$REPO/bench/es_overhead.sh" --rounds 1 --tollgate "$TOLLGATE" >"$OUT/bench-$round.txt" 2>"$OUT/bench-$round.err" &
-  BENCH_PID=$!
   for config in nosink es; do
-    pid=$(daemon_of "$config")
-    sleep 4  # past the start-up and into the warm-up run's end
-    perf record -q -F 1999 -p "$pid" -o "$OUT/perf-$config-$round.data" -- sleep "$SECONDS_SAMPLED" 2>/dev/null
-    perf report -i "$OUT/perf-$config-$round.data" -n --no-children --sort comm,dso,sym -g none 2>/dev/null \
-      >"$OUT/report-$config-$round.txt"
+    perf report -i "$OUT/$config-r$round.perf" -n --no-children --sort comm,dso,sym -g none >"$OUT/report-$config-$round.txt" \
+      || { echo "perf report failed for $config-r$round" >&2; exit 1; }
   done
-  wait "$BENCH_PID" || { echo "bench/es_overhead.sh failed in round $round:" >&2; tail -20 "$OUT/bench-$round.err" >&2; exit 1; }
-  BENCH_PID=""
-  echo "round $round of $ROUNDS sampled" >&2
 done
 
-python3 - "$OUT" "$ROUNDS" "$SECONDS_SAMPLED" "$TOP" <<'EOF'
+python3 - "$OUT" "$ROUNDS" "$TOP" <<'EOF'
 import collections, sys
-out, rounds, seconds, top = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
+out, rounds, top = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 FREQUENCY = 1999
 LABELS = {"nosink": "no flow sinks", "es": "elasticsearch"}
 
-def requests_per_second(round_, config):
-    # The measured run's requests/s from es_overhead.sh's table row of this configuration.
-    for line in open(f"{out}/bench-{round_}.txt"):
-        if line.startswith("| 1 |") and LABELS[config] in line:
-            return float(line.split("|")[3].replace(",", ""))
-    raise SystemExit(f"no requests/s for {config} in round {round_}")
+def requests(round_, config):
+    # The measured run's completed requests, from es_overhead.sh's table row.
+    for line in open(f"{out}/bench.txt"):
+        cells = [cell.strip() for cell in line.split("|")]
+        if len(cells) > 5 and cells[1] == str(round_) and LABELS[config] in cells[2]:
+            return float(cells[5].replace(",", ""))
+    raise SystemExit(f"no request count for {config} in round {round_}")
 
 def nanoseconds_per_request(config):
-    samples, requests = collections.Counter(), 0.0
+    samples, served = collections.Counter(), 0.0
     for round_ in range(1, rounds + 1):
         for line in open(f"{out}/report-{config}-{round_}.txt"):
             fields = line.split()
             if line.startswith("#") or len(fields) < 4 or not fields[0].endswith("%"):
                 continue
             samples[" ".join(fields[2:])] += int(fields[1])
-        requests += requests_per_second(round_, config) * seconds
-    return {symbol: count / FREQUENCY / requests * 1e9 for symbol, count in samples.items()}
+        served += requests(round_, config)
+    return {symbol: count / FREQUENCY / served * 1e9 for symbol, count in samples.items()}
 
 off, on = nanoseconds_per_request("nosink"), nanoseconds_per_request("es")
 symbols = set(off) | set(on)
 def total(table, keep=lambda symbol: True):
     return sum(value for symbol, value in table.items() if keep(symbol))
-print(f"CPU ns per request, {rounds} round(s) of {seconds:g} s sampled per configuration")
+print(f"CPU ns per request over the measured runs of {rounds} round(s), sampled at {FREQUENCY} Hz")
 print(f"| | logging off | Elasticsearch | difference |\n|---|---:|---:|---:|")
 print(f"| whole process | {total(off):.0f} | {total(on):.0f} | {total(on) - total(off):+.0f} |")
 for thread in sorted({symbol.split()[0] for symbol in symbols}):

@@ -12,9 +12,9 @@
 // themselves record after record, so nearly all the compression comes from long matches a
 // single hash probe (or the last match's distance) finds; zlib's level 1 spends its time
 // comparing those matches a byte at a time. This encoder (the shape of zlib-ng's "quick"
-// strategy) probes once, compares sixteen bytes at a time and writes one block with the fixed
-// Huffman code of RFC 1951 §3.2.6, which needs no tree building: about three times zlib's
-// level 1 speed for a slightly larger body.
+// strategy) probes once, compares sixteen bytes at a time (SSE2; eight without) and writes one
+// block with the fixed Huffman code of RFC 1951 §3.2.6, which needs no tree building: about
+// three times zlib's level 1 speed for a slightly larger body.
 
 #if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "the bit writer and the gzip trailer assume a little-endian host"
@@ -57,11 +57,10 @@ static inline uint64_t load64(const unsigned char *p) { uint64_t v; memcpy(&v, p
 static inline unsigned floor_log2(unsigned v) { return 31u - (unsigned)__builtin_clz(v); }
 
 // Where each 4-byte hash was last seen, kept from chunk to chunk so that no chunk pays for
-// clearing it. Entries hold a position + 1 counted
-// across all chunks (mod 2^32); `base` is where the current chunk starts in that count. An entry
-// from an earlier chunk, or one aliased by the count's wrap-around, lands outside the current
-// chunk or is refuted by the byte compare that checks every candidate, so it costs a probe at
-// worst, never a wrong match.
+// clearing it. Entries hold a position + 1 counted across all chunks (mod 2^32); `base` is where
+// the current chunk starts in that count. An entry from an earlier chunk, or one aliased by the
+// count's wrap-around, lands outside the current chunk or is refuted by the byte compare that
+// checks every candidate, so it costs a probe at worst, never a wrong match.
 struct tg_deflate_table {
     uint32_t head[1u << HASH_BITS];
     uint32_t base;

@@ -50,10 +50,13 @@ public final class Daemon {
     }
 
     /// Re-executes the program once with glibc's per-thread cache of freed chunks raised (see
-    /// tg_reexec_with_malloc_tunables); returns without doing so when the environment already
-    /// sets it. Call before anything else: the process is replaced, arguments kept.
+    /// tg_reexec_with_malloc_tunables), arguments kept. Returns when GLIBC_TUNABLES already
+    /// sets the count, for a set-user-ID start, or (with a warning) when it cannot re-execute.
+    /// Call before anything else: the process is replaced.
     public static func tuneAllocatorCache() {
-        tg_reexec_with_malloc_tunables(CommandLine.unsafeArgv)
+        if tg_reexec_with_malloc_tunables(CommandLine.unsafeArgv) != 0 {
+            Log.warning("could not re-execute with GLIBC_TUNABLES=glibc.malloc.tcache_count=256; running with glibc's default cache")
+        }
     }
 
     /// Binds every listener (failing fast if one cannot be bound), then serves. Returns after a drain.

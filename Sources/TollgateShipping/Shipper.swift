@@ -452,8 +452,8 @@ public struct BulkBody {
         withUnsafeBytes(of: frame) { body.append(contentsOf: $0.prefix(count)) }
     }
 
-    /// The records at `indices`, gzip-compressed (true), or plain if they are too large for
-    /// the encoder (false).
+    /// The records at `indices`, gzip-compressed (true), or plain if the encoder cannot take
+    /// them (too large, or no memory for its table) (false).
     @discardableResult
     mutating func compress(_ records: BulkRecords, _ indices: [Int], into body: inout [UInt8]) -> Bool {
         lines.removeAll(keepingCapacity: true)

@@ -148,31 +148,26 @@ struct DailyIndex: Sendable {
     }
 }
 
-/// The deflate encoder's hash table, owned by one builder and kept from entry to entry: clearing
-/// it for every entry cost more than a tenth of compressing one.
-private final class DeflateTable {
-    let pointer: OpaquePointer
-
-    init() {
-        guard let table = tg_deflate_table_new() else { fatalError("out of memory for the deflate table") }
-        pointer = table
-    }
-
-    deinit { tg_deflate_table_free(pointer) }
-}
-
 /// Builds spool entries: records' `_bulk` lines compressed into one chunk, framed and checksummed.
 /// Entry: magic, 3 reserved bytes, body length (u32 LE), CRC-32C of the body (u32 LE); body:
 /// record count, plain length and CRC-32 of the plain lines (u32 LE each), then the lines as one
 /// raw deflate chunk (tg_deflate_chunk), so the sender joins chunks into a gzip body as they are.
-public struct SpoolEntryBuilder {
+/// Not copyable: it owns the deflate encoder's table, which is one thread's.
+public struct SpoolEntryBuilder: ~Copyable {
     /// Only grown, never refilled with zeros: a worst-case-sized buffer per entry cost more than
     /// compressing into it.
     private var buffer: [UInt8] = []
     public private(set) var size = 0
-    private let table = DeflateTable()
+    /// The deflate encoder's hash table, kept from entry to entry: clearing it for every entry
+    /// cost (at 128 KiB) a sixth of compressing one.
+    private let table: OpaquePointer
 
-    public init() {}
+    public init() {
+        guard let table = tg_deflate_table_new() else { fatalError("out of memory for the deflate table") }
+        self.table = table
+    }
+
+    deinit { tg_deflate_table_free(table) }
 
     /// Compresses the records of `range`, or the longest leading part of it whose entry is at
     /// most `maxSize` bytes (halving the part until it fits); returns the records the entry
@@ -196,7 +191,7 @@ public struct SpoolEntryBuilder {
         size = records.bytes.withUnsafeBytes { source -> Int in
             let lines = UnsafeRawBufferPointer(rebasing: source[plain])
             return buffer.withUnsafeMutableBytes { entry -> Int in
-                let chunk = tg_deflate_chunk(table.pointer, lines.baseAddress, lines.count, entry.baseAddress! + bodyStart, entry.count - bodyStart)
+                let chunk = tg_deflate_chunk(table, lines.baseAddress, lines.count, entry.baseAddress! + bodyStart, entry.count - bodyStart)
                 // Fails only past 4 GiB of input; a chunk is at most batch_bytes (512 MiB at most).
                 precondition(chunk >= 0, "a spool chunk of \(lines.count) bytes did not compress")
                 let bodyLength = Spool.chunkFieldsSize + chunk

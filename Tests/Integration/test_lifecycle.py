@@ -158,10 +158,12 @@ def test_example_config_passes_check_config():
 
 
 def _tunables(pid):
-    """The GLIBC_TUNABLES items tollgate started with. glibc splits the variable in place while
-    parsing it, so its ':'-separated items read as separate strings in /proc/<pid>/environ."""
+    """The GLIBC_TUNABLES items tollgate started with. glibc before 2.39 splits the variable in
+    place while parsing it (its items then read as separate strings in /proc/<pid>/environ),
+    later ones leave it whole: both read as the same list."""
     raw = open(f"/proc/{pid}/environ", "rb").read()
-    return [item.decode().removeprefix("GLIBC_TUNABLES=") for item in raw.split(b"\0") if b"glibc." in item]
+    return [item for string in raw.split(b"\0") if b"glibc." in string
+            for item in string.decode().removeprefix("GLIBC_TUNABLES=").split(":")]
 
 
 def test_run_raises_the_allocator_cache_unless_the_operator_set_it(tollgates):
@@ -173,3 +175,4 @@ def test_run_raises_the_allocator_cache_unless_the_operator_set_it(tollgates):
     assert tg.healthz()[0] == 200
     tg = tollgates.fresh(env={"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"})
     assert _tunables(tg.pid) == ["glibc.malloc.arena_max=2", "glibc.malloc.tcache_count=256"], "other tunables are kept"
+    assert tg.healthz()[0] == 200
