@@ -49,9 +49,6 @@ static inline unsigned reverse_bits(unsigned code, unsigned length) {
     return reversed;
 }
 
-// The five bits of a distance code, reversed (see literal_code).
-#define REVERSE5(c) ((((c) & 1u) << 4) | (((c) & 2u) << 2) | ((c) & 4u) | (((c) & 8u) >> 2) | (((c) & 16u) >> 4))
-
 static inline uint32_t load32(const unsigned char *p) { uint32_t v; memcpy(&v, p, 4); return v; }
 static inline uint64_t load64(const unsigned char *p) { uint64_t v; memcpy(&v, p, 8); return v; }
 static inline unsigned floor_log2(unsigned v) { return 31u - (unsigned)__builtin_clz(v); }
@@ -74,6 +71,7 @@ void tg_deflate_table_free(tg_deflate_table *table) { free(table); }
 // most significant bit first: built once, not per chunk.
 static uint16_t literal_code[288];
 static uint8_t literal_length[288];
+static uint8_t distance_code[30];  // the codes' five fixed bits, reversed likewise
 static pthread_once_t fixed_code_once = PTHREAD_ONCE_INIT;
 
 static void build_fixed_code(void) {
@@ -86,6 +84,7 @@ static void build_fixed_code(void) {
         literal_code[s] = (uint16_t)reverse_bits(code, length);
         literal_length[s] = (uint8_t)length;
     }
+    for (unsigned d = 0; d < 30; d++) distance_code[d] = (uint8_t)reverse_bits(d, 5);
 }
 
 // One fixed-Huffman block of `len` bytes of `src`, matches reaching no further back than `src`.
@@ -157,7 +156,7 @@ static void deflate_block(bit_writer *writer, tg_deflate_table *table, const uns
             extra_bits = nb - 1;
             extra = d & ((1u << extra_bits) - 1);
         }
-        put_bits(w, REVERSE5(code) | (extra << 5), 5 + extra_bits);
+        put_bits(w, distance_code[code] | (extra << 5), 5 + extra_bits);
         pos += length;
     }
     while (pos < len) {

@@ -4,9 +4,8 @@ import TollgateTLS
 
 /// What Tollgate knows and did about the agent's TLS on this connection.
 struct TLSInfo {
-    typealias Handling = FlowRecord.TLSHandling
     var serverName: String?
-    var handling: Handling
+    var handling: FlowRecord.TLSHandling
     var version: String?
     var cipher: String?
 }
