@@ -1,5 +1,6 @@
 #include "tollgate_shim.h"
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 // The two byte loops of every flow record — escaping string values, lower-casing header
@@ -101,19 +102,153 @@ static void lowercase_token(void *dst, const void *src, size_t len) {
 
 #endif
 
-size_t tg_json_token_key(void *dst, const void *name, size_t name_len) {
-    unsigned char *out = dst;
+static size_t token_key(unsigned char *out, const unsigned char *name, size_t name_len) {
     out[0] = '"';
     lowercase_token(out + 1, name, name_len);
     memcpy(out + 1 + name_len, "\":", 2);
     return name_len + 3;
 }
 
-size_t tg_json_token_member(void *dst, const void *name, size_t name_len, const void *value, size_t value_len) {
+// Header fields as one JSON object (flow records' http.*.headers), a dozen per message: one
+// call per object, where a call per field and the Swift loop around it cost twice as much.
+
+struct tg_secret_headers {
+    uint64_t bits;          // name_bit of every name: most fields are ruled out by this word alone
+    size_t count;
+    uint64_t *keys;         // name_key of each name, compared before its bytes
+    unsigned char **names;  // lower case
+    unsigned char *marker;
+    size_t marker_len;
+};
+
+// A name's length (high half) and first four bytes with bit 0x20 set (low half), the case
+// folding same_name uses.
+static inline uint64_t name_key(const unsigned char *name, size_t len) {
+    uint32_t prefix = 0;
+    if (len >= 4) {
+        memcpy(&prefix, name, 4);
+        prefix |= 0x20202020u;
+    }
+    return (uint64_t)len << 32 | prefix;
+}
+
+// One of 64 bits, picked by a hash of the key: equal names (in any case) get the same bit,
+// most different ones another. By length alone, Date and ETag, Last-Modified and
+// Accept-Ranges, Server and Cookie all looked alike.
+static inline uint64_t name_bit(uint64_t key) { return 1ull << ((key * 0x9E3779B97F4A7C15ull) >> 58); }
+
+// Header names are tokens: folding bit 0x20 compares letters case-insensitively and leaves
+// no two distinct token characters equal.
+static int same_name(const unsigned char *a, const unsigned char *b, size_t len) {
+    for (size_t i = 0; i < len; i++)
+        if ((a[i] | 0x20) != (b[i] | 0x20)) return 0;
+    return 1;
+}
+
+tg_secret_headers *tg_secret_headers_new(const void *names, const size_t *lengths, size_t count, const void *marker,
+                                         size_t marker_len) {
+    size_t bytes = 0;
+    for (size_t i = 0; i < count; i++) bytes += lengths[i];
+    tg_secret_headers *table = calloc(1, sizeof *table);
+    if (!table) return NULL;
+    table->keys = malloc(count * sizeof *table->keys + 1);
+    table->names = malloc(count * sizeof *table->names + 1);
+    table->marker = malloc(bytes + marker_len + 1);
+    if (!table->keys || !table->names || !table->marker) {
+        tg_secret_headers_free(table);
+        return NULL;
+    }
+    memcpy(table->marker, marker, marker_len);
+    table->marker_len = marker_len;
+    // The names live right after the marker, in the same block.
+    unsigned char *next = table->marker + marker_len;
+    const unsigned char *source = names;
+    for (size_t i = 0; i < count; i++) {
+        memcpy(next, source, lengths[i]);
+        table->names[i] = next;
+        table->keys[i] = name_key(next, lengths[i]);
+        table->bits |= name_bit(table->keys[i]);
+        next += lengths[i];
+        source += lengths[i];
+    }
+    table->count = count;
+    return table;
+}
+
+void tg_secret_headers_free(tg_secret_headers *table) {
+    if (!table) return;
+    free(table->keys);
+    free(table->names);
+    free(table->marker);
+    free(table);
+}
+
+static int is_secret(const tg_secret_headers *secrets, uint64_t key, const unsigned char *name, size_t len) {
+    if (!(secrets->bits & name_bit(key))) return 0;
+    for (size_t i = 0; i < secrets->count; i++)
+        if (secrets->keys[i] == key && same_name(secrets->names[i], name, len)) return 1;
+    return 0;
+}
+
+static inline tg_header_span span_at(const unsigned char *fields, size_t stride, size_t index) {
+    tg_header_span span;
+    memcpy(&span, fields + index * stride, sizeof span);
+    return span;
+}
+
+size_t tg_json_headers_bound(const tg_secret_headers *secrets, size_t head_len, size_t count) {
+    // Per field at most: a comma, quotes and colon around the name, quotes around the value,
+    // ", " joining it to an earlier one, or the marker instead of it; every name and value
+    // byte is a distinct head byte, escaped to six at most; and the last vector's overhang.
+    return 2 + count * (8 + secrets->marker_len) + 6 * head_len + 16;
+}
+
+size_t tg_json_headers(void *dst, const void *head, const void *fields, size_t count, size_t stride,
+                       const tg_secret_headers *secrets) {
     unsigned char *out = dst;
-    size_t o = tg_json_token_key(out, name, name_len);
-    out[o++] = '"';
-    o += tg_json_escape(out + o, value, value_len);
-    out[o] = '"';
-    return o + 1;
+    const unsigned char *base = head, *records = fields;
+    // Names whose bit another field has too may repeat; the rest are written without comparing.
+    uint64_t seen = 0, shared = 0;
+    for (size_t i = 0; i < count; i++) {
+        tg_header_span span = span_at(records, stride, i);
+        uint64_t bit = name_bit(name_key(base + span.name_start, (size_t)span.name_count));
+        shared |= seen & bit;
+        seen |= bit;
+    }
+    size_t o = 0;
+    out[o++] = '{';
+    for (size_t i = 0; i < count; i++) {
+        tg_header_span span = span_at(records, stride, i);
+        const unsigned char *name = base + span.name_start;
+        size_t len = (size_t)span.name_count;
+        uint64_t key = name_key(name, len);
+        int may_repeat = (shared & name_bit(key)) != 0;
+        if (may_repeat) {
+            int written_before = 0;
+            for (size_t j = 0; j < i && !written_before; j++) {
+                tg_header_span earlier = span_at(records, stride, j);
+                written_before = (size_t)earlier.name_count == len && same_name(base + earlier.name_start, name, len);
+            }
+            if (written_before) continue;
+        }
+        if (o > 1) out[o++] = ',';
+        o += token_key(out + o, name, len);
+        out[o++] = '"';
+        if (is_secret(secrets, key, name, len)) {
+            memcpy(out + o, secrets->marker, secrets->marker_len);
+            o += secrets->marker_len;
+        } else {
+            o += tg_json_escape(out + o, base + span.value_start, (size_t)span.value_count);
+            for (size_t j = i + 1; may_repeat && j < count; j++) {
+                tg_header_span later = span_at(records, stride, j);
+                if ((size_t)later.name_count != len || !same_name(base + later.name_start, name, len)) continue;
+                out[o++] = ',';
+                out[o++] = ' ';
+                o += tg_json_escape(out + o, base + later.value_start, (size_t)later.value_count);
+            }
+        }
+        out[o++] = '"';
+    }
+    out[o++] = '}';
+    return o;
 }

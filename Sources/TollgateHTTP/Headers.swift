@@ -39,11 +39,14 @@ public enum KnownHeader: UInt8, Sendable {
 
 /// One header field as offsets into the head's byte copy.
 public struct HeaderField: Sendable {
-    public let known: KnownHeader
+    // The four offsets come first and in this order: the C shim reads them as a
+    // `tg_header_span` (see `Headers.withFieldSpans`; Swift lays a struct's stored properties
+    // out in declaration order).
     let nameStart: Int32
     let nameCount: Int32
     let valueStart: Int32
     let valueCount: Int32
+    public let known: KnownHeader
 
     /// Where the name and the value sit in the head's bytes (see `Headers.withUnsafeBytes`).
     public var nameRange: Range<Int> { Int(nameStart)..<Int(nameStart + nameCount) }
@@ -52,7 +55,7 @@ public struct HeaderField: Sendable {
 
 /// The header fields of one message: a single copy of the head bytes plus field offsets.
 public struct Headers: Sendable {
-    let bytes: [UInt8]
+    @usableFromInline let bytes: [UInt8]
     public internal(set) var fields: ContiguousArray<HeaderField>
 
     init(bytes: [UInt8], fields: ContiguousArray<HeaderField>) {
@@ -63,6 +66,16 @@ public struct Headers: Sendable {
     /// The head's bytes, for reading many fields by their ranges without slicing arrays.
     public func withUnsafeBytes<R>(_ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
         try bytes.withUnsafeBytes(body)
+    }
+
+    /// The head's bytes and the fields as C reads them: `count` records `stride` bytes apart,
+    /// each starting with its name's and value's offsets (a `tg_header_span`).
+    @inlinable
+    public func withFieldSpans<R>(_ body: (_ head: UnsafeRawBufferPointer, _ fields: UnsafeRawPointer?, _ count: Int,
+                                           _ stride: Int) -> R) -> R {
+        bytes.withUnsafeBytes { head in
+            fields.withUnsafeBytes { body(head, $0.baseAddress, fields.count, MemoryLayout<HeaderField>.stride) }
+        }
     }
 
     public func name(_ field: HeaderField) -> ArraySlice<UInt8> {

@@ -299,9 +299,9 @@ private struct Cursor {
             var valueEnd = end
             while valueEnd > valueStart && (raw[valueEnd - 1] == 0x20 || raw[valueEnd - 1] == 0x09) { valueEnd -= 1 }
             fields.append(HeaderField(
-                known: KnownHeader.classify(UnsafeRawBufferPointer(rebasing: raw[nameStart..<nameEnd])),
                 nameStart: Int32(nameStart), nameCount: Int32(nameEnd - nameStart),
-                valueStart: Int32(valueStart), valueCount: Int32(valueEnd - valueStart)))
+                valueStart: Int32(valueStart), valueCount: Int32(valueEnd - valueStart),
+                known: KnownHeader.classify(UnsafeRawBufferPointer(rebasing: raw[nameStart..<nameEnd]))))
             if fields.count > limit { throw .tooManyHeaders }
             position = end + 2
         }

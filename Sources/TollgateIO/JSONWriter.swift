@@ -177,6 +177,14 @@ public struct JSONWriter: ~Copyable {
         needsComma = true
     }
 
+    /// A JSON value that `write` (an encoder of the C shim) puts into `maxBytes` of room and
+    /// returns the length of.
+    public mutating func rawJSON(maxBytes: Int, _ write: (UnsafeMutableRawPointer) -> Int) {
+        reserve(maxBytes)
+        written += write(storage + written)
+        needsComma = true
+    }
+
     /// 16 lower-case hex digits of `value`, inside an open string (record ids).
     public mutating func hexDigits(_ value: UInt64) {
         reserve(16)
@@ -210,25 +218,6 @@ public struct JSONWriter: ~Copyable {
         }
         padded(UInt(clamping: Int(milliseconds - second * 1000)), 3)
         byte(UInt8(ascii: "Z")); byte(UInt8(ascii: "\""))
-        needsComma = true
-    }
-
-    /// A key given as bytes that need no escaping (HTTP header names are tokens), lower-cased.
-    public mutating func lowercasedTokenKey(_ name: UnsafeRawBufferPointer) {
-        separator()
-        reserve(name.count + 3 + 16)  // 16: the last vector's overhang
-        written += tg_json_token_key(storage + written, name.baseAddress ?? UnsafeRawPointer(storage), name.count)
-        needsComma = false
-    }
-
-    /// `"name":"value"`, a header field as a member: the name (a token) lower-cased, the value
-    /// escaped, in one call with one reservation rather than one per piece (a record writes a
-    /// dozen of these).
-    public mutating func lowercasedTokenMember(_ name: UnsafeRawBufferPointer, value: UnsafeRawBufferPointer) {
-        separator()
-        reserve(name.count + 6 + 16 + Self.escapedBound(value.count))
-        written += tg_json_token_member(storage + written, name.baseAddress ?? UnsafeRawPointer(storage), name.count,
-                                        value.baseAddress ?? UnsafeRawPointer(storage), value.count)
         needsComma = true
     }
 

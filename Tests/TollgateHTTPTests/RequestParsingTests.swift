@@ -19,6 +19,14 @@ func rejection(_ text: String, limits: HeadLimits = HeadLimits()) -> HTTPError? 
 }
 
 @Suite struct RequestParsingTests {
+    /// The shim reads a field's four offsets as a `tg_header_span` at the start of each element.
+    @Test func headerFieldsStartWithTheirOffsetsInSpanOrder() {
+        #expect(MemoryLayout<HeaderField>.offset(of: \.nameStart) == 0)
+        #expect(MemoryLayout<HeaderField>.offset(of: \.nameCount) == 4)
+        #expect(MemoryLayout<HeaderField>.offset(of: \.valueStart) == 8)
+        #expect(MemoryLayout<HeaderField>.offset(of: \.valueCount) == 12)
+    }
+
     @Test func parsesASimpleGet() throws {
         let head = try #require(try parseRequest("GET /a?b=1 HTTP/1.1\r\nHost: example.com\r\nUser-Agent: t\r\n\r\n"))
         #expect(head.method == "GET")

@@ -10,22 +10,19 @@ import TollgateIO
                 var input = Array("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ".utf8.prefix(length))
                 input[position] = special
                 if length % 3 == 0 { input += Array("é✓".utf8) }
-                // As a value after a key, and as a header member (name and value in one call).
                 var out = JSONWriter(capacity: 8)
                 out.beginObject()
                 out.key("v")
                 input.withUnsafeBytes { out.stringValue($0) }
-                input.withUnsafeBytes { value in Array("X-Value".utf8).withUnsafeBytes { out.lowercasedTokenMember($0, value: value) } }
                 out.endObject()
                 let object = try #require(try JSONSerialization.jsonObject(with: Data(out.bytes)) as? [String: String])
                 #expect(object["v"] == String(decoding: input, as: UTF8.self), "byte \(special) at \(position) of \(length)")
-                #expect(object["x-value"] == String(decoding: input, as: UTF8.self), "byte \(special) at \(position) of \(length)")
             }
         }
     }
 
-    /// Values and names ending right before an unmapped page: the sixteen-byte loads of their
-    /// tails must not touch it (a fault here kills the test run).
+    /// Values ending right before an unmapped page: the sixteen-byte loads of their tails must
+    /// not touch it (a fault here kills the test run).
     @Test func readsNothingPastTheEndOfAValue() throws {
         let page = Int(sysconf(Int32(_SC_PAGESIZE)))
         let mapping = try #require(mmap(nil, 2 * page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0))
@@ -33,36 +30,16 @@ import TollgateIO
         #expect(mprotect(mapping + page, page, PROT_NONE) == 0)
         for length in 1...40 {
             let start = mapping + page - length
-            // A token (for the key), then the same bytes with a quote to escape (for the value).
-            let token = Array("Content-Type-ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789".utf8.prefix(length))
-            var quoted = token
+            // With a quote to escape.
+            var quoted = Array("Content-Type-ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789".utf8.prefix(length))
             quoted[length / 2] = UInt8(ascii: "\"")
+            quoted.withUnsafeBytes { start.copyMemory(from: $0.baseAddress!, byteCount: length) }
             var out = JSONWriter(capacity: 8)
             out.beginObject()
-            for (bytes, isKey) in [(quoted, false), (token, true)] {
-                bytes.withUnsafeBytes { start.copyMemory(from: $0.baseAddress!, byteCount: length) }
-                let atPageEnd = UnsafeRawBufferPointer(start: start, count: length)
-                if isKey { out.lowercasedTokenKey(atPageEnd); out.integer(1) } else { out.key("v"); out.stringValue(atPageEnd) }
-            }
+            out.key("v"); out.stringValue(UnsafeRawBufferPointer(start: start, count: length))
             out.endObject()
             let object = try #require(try JSONSerialization.jsonObject(with: Data(out.bytes)) as? [String: Any])
             #expect(object["v"] as? String == String(decoding: quoted, as: UTF8.self))
-            #expect(object[String(decoding: token, as: UTF8.self).lowercased()] as? Int == 1)
-        }
-    }
-
-    /// Header names of every length, with every token character: lower-cased exactly.
-    @Test func lowercasesTokenKeysOfEveryLength() throws {
-        let tokenCharacters = Array("!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz".utf8)
-        for length in 1...40 {
-            let name = (0..<length).map { tokenCharacters[($0 * 7 + length) % tokenCharacters.count] }
-            var out = JSONWriter(capacity: 8)
-            out.beginObject()
-            name.withUnsafeBytes { out.lowercasedTokenKey($0) }
-            out.integer(1)
-            out.endObject()
-            let object = try #require(try JSONSerialization.jsonObject(with: Data(out.bytes)) as? [String: Int])
-            #expect(Array(object.keys) == [String(decoding: name, as: UTF8.self).lowercased()])
         }
     }
 

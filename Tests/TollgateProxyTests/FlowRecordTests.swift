@@ -1,3 +1,4 @@
+import CTollgateShim
 import Foundation
 import Testing
 import TollgateHTTP
@@ -137,8 +138,7 @@ import TollgateShipping
     @Test func secretHeadersAreRedactedAndRepeatsJoined() throws {
         // X-Cusxom: as long as X-Custom, another name.
         let text = "GET / HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer s3cr3t\r\nX-Custom: 1\r\nX-Cusxom: 9\r\nx-CUSTOM: 2\r\nX-Mine: hidden\r\n\r\n"
-        let bytes = Array(text.utf8)
-        let head = try bytes.withUnsafeBytes { raw in try HeadParser.parseRequest(raw, length: raw.count, limits: HeadLimits()) }
+        let head = try parseRequestHead(text)
         var writer = JSONWriter()
         Redaction(extraHeaders: ["X-Mine"]).write(head.headers, into: &writer)
         #expect(String(decoding: writer.bytes, as: UTF8.self)
@@ -151,8 +151,7 @@ import TollgateShipping
         let secrets = ["AUTHORIZATION", "Proxy-Authorization", "cookie", "Set-Cookie", "x-VAULT-token", "X-Api-Key", "API-KEY"]
         let lookalikes = ["Authorizatiom", "Cookies", "Cookie2", "Set-Cookie2", "X-Api-Kex", "Api-Keys", "Server"]
         let text = "GET / HTTP/1.1\r\nHost: a\r\n" + (secrets + lookalikes).map { "\($0): v-\($0)\r\n" }.joined() + "\r\n"
-        let bytes = Array(text.utf8)
-        let head = try bytes.withUnsafeBytes { raw in try HeadParser.parseRequest(raw, length: raw.count, limits: HeadLimits()) }
+        let head = try parseRequestHead(text)
         var writer = JSONWriter()
         Redaction(extraHeaders: []).write(head.headers, into: &writer)
         let object = try #require(try JSONSerialization.jsonObject(with: Data(writer.bytes)) as? [String: String])
@@ -160,15 +159,98 @@ import TollgateShipping
         for name in lookalikes { #expect(object[name.lowercased()] == "v-\(name)", "\(name)") }
     }
 
+    /// Header names of every length, with every token character: lower-cased exactly; values
+    /// with quotes, backslashes, tabs and non-ASCII bytes escaped.
+    @Test func lowercasesNamesOfEveryLengthAndEscapesValues() throws {
+        let tokenCharacters = Array("!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz".utf8)
+        let value = "a \"quoted\" \\ value\twith é"
+        for length in 1...40 {
+            let name = String(decoding: (0..<length).map { tokenCharacters[($0 * 7 + length) % tokenCharacters.count] }, as: UTF8.self)
+            let head = try parseRequestHead("GET / HTTP/1.1\r\nHost: a\r\n\(name): \(value)\r\n\r\n")
+            var writer = JSONWriter(capacity: 8)
+            Redaction(extraHeaders: []).write(head.headers, into: &writer)
+            let object = try #require(try JSONSerialization.jsonObject(with: Data(writer.bytes)) as? [String: String])
+            #expect(object == ["host": "a", name.lowercased(): value], "\(name)")
+        }
+    }
+
+    /// Many fields, names repeated in any case and secret ones among them, against a plain
+    /// model: first occurrences in order, later values joined with ", ", secrets replaced once.
+    @Test func repeatsAndSecretsAmongManyFieldsMatchAModel() throws {
+        var fields = [("Host", "a")]
+        for index in 1..<99 {  // the parser's default limit is 100 fields
+            let name = switch index % 7 {
+            case 0: "Cookie"
+            case 1: "X-Repeated"
+            case 2: index % 2 == 0 ? "x-REPEATED" : "X-Mine"
+            default: "X-Field-\(index)"
+            }
+            fields.append((name, "v\(index)"))
+        }
+        let head = try parseRequestHead("GET / HTTP/1.1\r\n" + fields.map { "\($0): \($1)\r\n" }.joined() + "\r\n")
+        var expected: [(String, String)] = []
+        for (name, value) in fields {
+            let key = name.lowercased()
+            if let at = expected.firstIndex(where: { $0.0 == key }) {
+                if !["cookie", "x-mine"].contains(key) { expected[at].1 += ", " + value }
+            } else {
+                expected.append((key, ["cookie", "x-mine"].contains(key) ? "[redacted]" : value))
+            }
+        }
+        var writer = JSONWriter()
+        Redaction(extraHeaders: ["X-MINE"]).write(head.headers, into: &writer)
+        let json = expected.map { "\"\($0.0)\":\"\($0.1)\"" }.joined(separator: ",")
+        #expect(String(decoding: writer.bytes, as: UTF8.self) == "{" + json + "}")
+    }
+
+    /// Names and values ending right before an unmapped page: the shim's sixteen-byte loads of
+    /// their tails must not touch it (a fault here kills the test run).
+    @Test func readsNothingPastTheEndOfAHead() throws {
+        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+        let mapping = try #require(mmap(nil, 2 * page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0))
+        defer { munmap(mapping, 2 * page) }
+        #expect(mprotect(mapping + page, page, PROT_NONE) == 0)
+        let marker = Array("[redacted]".utf8)
+        let secrets = try #require(tg_secret_headers_new([UInt8](), [Int](), 0, marker, marker.count))
+        defer { tg_secret_headers_free(secrets) }
+        for length in 1...40 {
+            let text = Array("Content-Type-ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789".utf8.prefix(length))
+            let start = mapping + page - length
+            text.withUnsafeBytes { start.copyMemory(from: $0.baseAddress!, byteCount: length) }
+            let n = Int32(length)
+            // The whole text as a name with an empty value, then its last byte as a name and the
+            // rest as the value ending at the page's end.
+            let cases = [(tg_header_span(name_start: 0, name_count: n, value_start: n, value_count: 0),
+                          [String(decoding: text, as: UTF8.self).lowercased(): ""]),
+                         (tg_header_span(name_start: n - 1, name_count: 1, value_start: 0, value_count: n),
+                          [String(decoding: text.suffix(1), as: UTF8.self).lowercased(): String(decoding: text, as: UTF8.self)])]
+            for (span, expected) in cases {
+                var output = [UInt8](repeating: 0, count: tg_json_headers_bound(secrets, length, 1))
+                let written = withUnsafeBytes(of: span) { field in
+                    output.withUnsafeMutableBytes {
+                        tg_json_headers($0.baseAddress, start, field.baseAddress, 1, MemoryLayout<tg_header_span>.stride, secrets)
+                    }
+                }
+                let object = try #require(try JSONSerialization.jsonObject(with: Data(output.prefix(written))) as? [String: String])
+                #expect(object == expected, "length \(length)")
+            }
+        }
+    }
+
     @Test func userAgentComesFromTheRequestHead() throws {
-        let bytes = Array("GET / HTTP/1.1\r\nHost: a\r\nUser-Agent: curl/8.1 \"x\"\r\n\r\n".utf8)
         var record = FlowRecord(start: 0, action: .httpRequest, source: SocketAddress(parsing: "10.99.0.2:40000")!,
                                 networkProtocol: .http, agent: "a", mode: .explicit)
         record.method = "GET"
-        record.requestHeaders = try bytes.withUnsafeBytes { raw in try HeadParser.parseRequest(raw, length: raw.count, limits: HeadLimits()) }.headers
+        record.requestHeaders = try parseRequestHead("GET / HTTP/1.1\r\nHost: a\r\nUser-Agent: curl/8.1 \"x\"\r\n\r\n").headers
         var writer = JSONWriter()
         record.encode(into: &writer, id: RecordID(prefix: 1, counter: 1), observer: FlowRecord.Observer(hostname: "gw", version: "0"),
                       redaction: Redaction(extraHeaders: []))
         #expect(String(decoding: writer.bytes, as: UTF8.self).contains("\"user_agent\":{\"original\":\"curl/8.1 \\\"x\\\"\"}"))
     }
+}
+
+/// A request head parsed from text (tests only).
+private func parseRequestHead(_ text: String) throws -> RequestHead {
+    let bytes = Array(text.utf8)
+    return try bytes.withUnsafeBytes { raw in try HeadParser.parseRequest(raw, length: raw.count, limits: HeadLimits()) }
 }

@@ -106,11 +106,25 @@ uint32_t tg_crc32(uint32_t crc, const void *buf, size_t len);
 /// `len` bytes of `src` as the inside of a JSON string (quotes, backslashes, control characters
 /// and DEL escaped) at `dst`; returns the bytes written. `dst` needs room for 6 * len + 16.
 size_t tg_json_escape(void *dst, const void *src, size_t len);
-/// `"name":` at `dst`, the name (a token) with ASCII capitals lower-cased; returns the bytes
-/// written. `dst` needs room for name_len + 3 + 16.
-size_t tg_json_token_key(void *dst, const void *name, size_t name_len);
-/// `"name":"value"` at `dst`: a header field as a JSON member, the name (a token) lower-cased,
-/// the value escaped; returns the bytes written. `dst` needs room for name_len + 6 * value_len + 38.
-size_t tg_json_token_member(void *dst, const void *name, size_t name_len, const void *value, size_t value_len);
+/// A header field's name and value as offsets into its head's bytes: the layout of the first
+/// four stored properties of TollgateHTTP's `HeaderField`.
+typedef struct {
+    int32_t name_start, name_count, value_start, value_count;
+} tg_header_span;
+/// Header names whose values flow records never show, and what they show instead.
+typedef struct tg_secret_headers tg_secret_headers;
+/// A table of `count` names (lower case, `lengths[i]` bytes each, laid end to end in `names`);
+/// NULL when out of memory.
+tg_secret_headers *tg_secret_headers_new(const void *names, const size_t *lengths, size_t count, const void *marker,
+                                         size_t marker_len);
+void tg_secret_headers_free(tg_secret_headers *table);
+/// Room `tg_json_headers` may need for `count` fields of a head of `head_len` bytes.
+size_t tg_json_headers_bound(const tg_secret_headers *secrets, size_t head_len, size_t count);
+/// Header fields as a JSON object at `dst`: names (tokens) lower-cased, values escaped, the
+/// values of a repeated name joined with ", " under its first occurrence, secret names' values
+/// replaced by the marker. `fields` holds `count` records `stride` bytes apart, each starting
+/// with a tg_header_span into `head`. Returns the bytes written.
+size_t tg_json_headers(void *dst, const void *head, const void *fields, size_t count, size_t stride,
+                       const tg_secret_headers *secrets);
 
 #endif
