@@ -37,14 +37,15 @@ public final class FlowLog: Sendable {
         startThread(name: "tollgate-flowlog", background: true) { [self] in runWriter() }
     }
 
-    /// Hands one encoded record (a JSON line) over; never blocks beyond a short critical section.
-    public func submit(_ line: UnsafeRawBufferPointer) {
+    /// Hands encoded records (`records` JSON lines) over; never blocks beyond a short critical
+    /// section.
+    public func submit(_ lines: UnsafeRawBufferPointer, records: Int) {
         state.withLock { state in
-            if state.pending.count + line.count > capacityBytes {
-                state.dropped += 1
+            if state.pending.count + lines.count > capacityBytes {
+                state.dropped += records
             } else {
-                state.pending.append(contentsOf: line)
-                state.queuedRecords += 1
+                state.pending.append(contentsOf: lines)
+                state.queuedRecords += records
             }
         }
     }

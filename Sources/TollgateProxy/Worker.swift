@@ -50,7 +50,8 @@ final class Worker: TimerTarget, @unchecked Sendable {  // confined to `loop`'s 
     private var onDrained: (@Sendable () -> Void)?
     /// Reused for serialising heads and records, so the steady state does not allocate them.
     var scratch: [UInt8] = []
-    private var json = JSONWriter()
+    /// This iteration's records, encoded as `_bulk` lines (documents only without a shipper).
+    private var lines: BulkLineWriter
     /// Record ids: a random per-loop prefix and a counter, unique across loops and restarts.
     private let idPrefix = UInt64.random(in: 0...UInt64.max)
     private var idCounter: UInt64 = 0
@@ -64,6 +65,7 @@ final class Worker: TimerTarget, @unchecked Sendable {  // confined to `loop`'s 
         self.settings = settings
         self.flowLog = flowLog
         self.resolver = resolver
+        lines = BulkLineWriter(index: settings.shipper?.index ?? "")
         pool = UpstreamPool(maxPerDestination: settings.limits.upstreamIdlePerDestination, idleTimeout: settings.timeouts.upstreamIdle)
         scratch.reserveCapacity(4096)
         loop.afterEvents = { [unowned self] in encodePendingRecords() }
@@ -123,22 +125,29 @@ final class Worker: TimerTarget, @unchecked Sendable {  // confined to `loop`'s 
 
     /// Encodes the records of this loop iteration and hands them to the sinks: one run of the
     /// encoder for all of them keeps its code and buffers in cache, where encoding each between
-    /// the proxy's own events evicted both, and slowed the proxy's code down as well.
+    /// the proxy's own events evicted both, and slowed the proxy's code down as well. Records
+    /// are encoded straight into the shipper's `_bulk` lines, handed over once per iteration.
     private func encodePendingRecords() {
         guard !pendingRecords.isEmpty else { return }
+        let shipper = settings.shipper
         for index in pendingRecords.indices {
             idCounter &+= 1
             let id = RecordID(prefix: idPrefix, counter: idCounter)
-            json.reset()
+            if shipper != nil { lines.beginRecord(timestampMilliseconds: pendingRecords[index].timestampMilliseconds, id: id) }
+            let documentStart = lines.writer.count
             // In place (see `encode`): neither copied nor moved out.
-            pendingRecords[index].encode(into: &json, id: id, observer: settings.observer, redaction: settings.redaction)
-            let timestamp = pendingRecords[index].timestampMilliseconds
-            json.withBytes { line in
-                if flowLog.isEnabled { flowLog.submit(line) }
-                // The shipper wants the document without the line's newline.
-                settings.shipper?.submit(timestampMilliseconds: timestamp, id: id,
-                                         document: UnsafeRawBufferPointer(rebasing: line.dropLast()))
+            pendingRecords[index].encode(into: &lines.writer, id: id, observer: settings.observer, redaction: settings.redaction)
+            if shipper != nil {
+                lines.endRecord()
+                // Between the shipper's action lines, the file takes each document alone.
+                if flowLog.isEnabled { lines.writer.withBytes { flowLog.submit(UnsafeRawBufferPointer(rebasing: $0[documentStart...]), records: 1) } }
             }
+        }
+        if let shipper {
+            shipper.submit(&lines)
+        } else {
+            lines.writer.withBytes { flowLog.submit($0, records: pendingRecords.count) }
+            lines.removeAll()
         }
         pendingRecords.removeAll(keepingCapacity: true)
     }

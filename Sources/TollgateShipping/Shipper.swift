@@ -44,7 +44,7 @@ public final class Shipper: Sendable {
     public init(settings: ElasticsearchSettings) throws(SystemError) {
         self.settings = settings
         nodes = settings.urls.compactMap(Node.init(url:))
-        queue = Mutex(BulkRecords(index: settings.index))
+        queue = Mutex(BulkRecords())
         // Acknowledged bytes count against spool_bytes until their segment rolls: segments of
         // a quarter of the limit at most keep that share small.
         spool = try Spool(directory: settings.spool, segmentBytes: min(16 << 20, max(settings.spoolBytes / 4, 4096)))
@@ -56,15 +56,19 @@ public final class Shipper: Sendable {
     /// True while `on_spool_full: fail_closed` refuses new connections.
     public var isRefusingConnections: Bool { refusing.load(ordering: .relaxed) }
 
-    /// Called on an event loop: copies the document, after its `create` action, into the
-    /// hand-off buffer and returns; never waits beyond that short critical section.
-    public func submit(timestampMilliseconds: Int64, id: RecordID, document: UnsafeRawBufferPointer) {
+    /// The configured index name, for the loops' `BulkLineWriter`s.
+    public var index: String { settings.index }
+
+    /// Called on an event loop: copies a loop iteration's records into the hand-off buffer and
+    /// empties `lines`; never waits beyond that short critical section.
+    public func submit(_ lines: inout BulkLineWriter) {
         let accepted = queue.withLock { queue -> Bool in
-            guard queue.bytes.count + document.count <= Self.queueBytes else { return false }
-            queue.append(timestampMilliseconds: timestampMilliseconds, id: id, document: document)
+            guard queue.bytes.count + lines.writer.count <= Self.queueBytes else { return false }
+            queue.append(lines)
             return true
         }
-        if !accepted { counters.withLock { $0.dropped += 1 } }
+        if !accepted { counters.withLock { $0.dropped += lines.count } }
+        lines.removeAll()
     }
 
     public var statistics: Statistics {
@@ -96,7 +100,7 @@ public final class Shipper: Sendable {
         var lastSync = monotonicNanoseconds()
         var reportedFull = false
         // Swapped with the queue each round, so neither buffer is reallocated in the steady state.
-        var batch = BulkRecords(index: settings.index)
+        var batch = BulkRecords()
         var entry = SpoolEntryBuilder()
         while true {
             let done = stopping.load(ordering: .acquiring)

@@ -38,20 +38,17 @@ public struct RecordID: Sendable, Equatable {
 
 /// Records as the lines of a `_bulk` body: per record a `create` action naming its daily index
 /// and `_id`, then the document, each line ending in a newline. The loops hand records over in
-/// this form (one copy of the document each, no per-record objects), the spool writer compresses
-/// these bytes as they are, and item-level retries read them back decompressed.
+/// this form (a loop iteration's records in one copy, no per-record objects), the spool writer
+/// compresses these bytes as they are, and item-level retries read them back decompressed.
 public struct BulkRecords: Sendable {
     public private(set) var bytes: [UInt8] = []
     /// Where each record's two lines end in `bytes`.
     private var ends: [Int] = []
-    private var dailyIndex: DailyIndex
 
-    /// `index` is the configured name; records go to `<index>-YYYY.MM.DD` by their timestamp.
-    public init(index: String) { dailyIndex = DailyIndex(base: index) }
+    public init() {}
 
     /// Lines read back from a spool chunk (records are line pairs); nil if they are not.
     init?(lines: [UInt8]) {
-        dailyIndex = DailyIndex(base: "")
         bytes = lines
         var newlines = 0
         for (offset, byte) in lines.enumerated() where byte == 0x0A {
@@ -63,19 +60,13 @@ public struct BulkRecords: Sendable {
 
     public var count: Int { ends.count }
 
-    public mutating func append(timestampMilliseconds: Int64, id: RecordID, document: UnsafeRawBufferPointer) {
-        dailyIndex.appendActionStart(for: timestampMilliseconds, to: &bytes)
-        // The id and the action's end are built on the stack and appended with the document:
-        // no zero-filling of bytes about to be overwritten.
-        var fixed: (UInt64, UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0, 0)
-        withUnsafeMutableBytes(of: &fixed) { raw in
-            id.writeHex(to: raw.baseAddress!.assumingMemoryBound(to: UInt8.self))
-            raw.storeBytes(of: UInt32(littleEndian: 0x0A7D_7D22), toByteOffset: RecordID.hexCount, as: UInt32.self)  // "}}\n
-            bytes.append(contentsOf: UnsafeRawBufferPointer(rebasing: raw[..<(RecordID.hexCount + 4)]))
-        }
-        bytes.append(contentsOf: document)
-        bytes.append(0x0A)
-        ends.append(bytes.count)
+    /// Takes over the records an event loop wrote, their bytes copied in one piece.
+    public mutating func append(_ lines: borrowing BulkLineWriter) {
+        let base = bytes.count
+        lines.writer.withBytes { bytes.append(contentsOf: $0) }
+        // Not reserveCapacity(count + n): an exact reservation per call regrows the array every
+        // time, where appends grow it geometrically.
+        for end in lines.ends { ends.append(base + end) }
     }
 
     /// The bytes of records `range`.
@@ -123,6 +114,40 @@ public struct BulkRecords: Sendable {
     }
 }
 
+/// Records as `_bulk` lines, written where an event loop encodes them: per record its `create`
+/// action, then the document straight into `writer`. A loop hands each iteration's records to
+/// the shipper in one piece: one copy and one lock per iteration, where handing each record over
+/// alone cost a copy of it, a lock and an append per record.
+public struct BulkLineWriter: ~Copyable {
+    /// The lines so far; a record's document goes here between `beginRecord` and `endRecord`.
+    public var writer = JSONWriter(capacity: 16 << 10)
+    /// Where each record's two lines end in `writer`.
+    fileprivate var ends: [Int] = []
+    private var dailyIndex: DailyIndex
+
+    /// `index` is the configured name; records go to `<index>-YYYY.MM.DD` by their timestamp.
+    public init(index: String) { dailyIndex = DailyIndex(base: index) }
+
+    public var count: Int { ends.count }
+
+    /// Writes the `create` action line of the record whose document follows.
+    public mutating func beginRecord(timestampMilliseconds: Int64, id: RecordID) {
+        dailyIndex.writeActionStart(for: timestampMilliseconds, into: &writer)
+        writer.hexDigits(id.prefix)
+        writer.hexDigits(id.counter)
+        writer.appendLiteral("\"}}")
+        writer.newline()
+    }
+
+    /// Ends the record whose document line (with its newline) was written since `beginRecord`.
+    public mutating func endRecord() { ends.append(writer.count) }
+
+    public mutating func removeAll() {
+        writer.reset()
+        ends.removeAll(keepingCapacity: true)
+    }
+}
+
 /// Daily index names, `<base>-YYYY.MM.DD` in UTC, and the action line start naming one.
 struct DailyIndex: Sendable {
     let base: String
@@ -132,13 +157,13 @@ struct DailyIndex: Sendable {
 
     init(base: String) { self.base = base }
 
-    mutating func appendActionStart(for milliseconds: Int64, to bytes: inout [UInt8]) {
+    mutating func writeActionStart(for milliseconds: Int64, into writer: inout JSONWriter) {
         let recordDay = Int(milliseconds / 86_400_000)
         if recordDay != day {
             day = recordDay
             actionStart = Array("{\"create\":{\"_index\":\"\(Self.name(base, day: recordDay))\",\"_id\":\"".utf8)
         }
-        bytes.append(contentsOf: actionStart)
+        actionStart.withUnsafeBytes { writer.rawJSON($0) }
     }
 
     static func name(_ base: String, day: Int) -> String {

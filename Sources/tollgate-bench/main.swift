@@ -90,26 +90,32 @@ func benchRecords() {
     let redaction = Redaction(extraHeaders: [])
     let count = 400_000
     var writer = JSONWriter()
-    var queue = BulkRecords(index: "autocode-traffic")
+    var lines = BulkLineWriter(index: "autocode-traffic")
+    var queue = BulkRecords()
     var entry = SpoolEntryBuilder()
     var bulk = BulkBody()
     var body: [UInt8] = []
     var spooledBytes = 0
     var bytesOut = 0
     let prefix = UInt64.random(in: 0...UInt64.max)
-    // The shipper's whole path minus I/O: encode, hand off (as _bulk lines), compress into a
-    // spool entry (CRCs included), read back as a batch and join it into the gzip _bulk body.
+    // The shipper's whole path minus I/O: encode as _bulk lines, hand off (10 records per loop
+    // iteration), compress into a spool entry (CRCs included), read back as a batch and join it
+    // into the gzip _bulk body.
     var time = clockSeconds()
     for n in 0..<count {
         // What varies from record to record (identical records would flatter gzip).
         record.timestampMilliseconds += 1
         record.sourcePort = UInt16(32768 + n % 28000)
         record.durationNanoseconds = UInt64(90_000 + (n &* 7919) % 900_000)
-        writer.reset()
         let id = RecordID(prefix: prefix, counter: UInt64(n))
-        record.encode(into: &writer, id: id, observer: observer, redaction: redaction)
-        writer.withBytes { queue.append(timestampMilliseconds: record.timestampMilliseconds, id: id, document: UnsafeRawBufferPointer(rebasing: $0.dropLast())) }
-        if queue.count == 5000 {
+        lines.beginRecord(timestampMilliseconds: record.timestampMilliseconds, id: id)
+        record.encode(into: &lines.writer, id: id, observer: observer, redaction: redaction)
+        lines.endRecord()
+        if lines.count == 10 {
+            queue.append(lines)
+            lines.removeAll()
+        }
+        if queue.count >= 5000 {
             entry.build(queue, 0..<queue.count)
             spooledBytes += entry.size
             entry.withEntry { bulk.join(SpoolBatch(entry: $0), into: &body) }

@@ -1,6 +1,7 @@
 import CTollgateShim
 import Glibc
 import Testing
+import TollgateIO
 @testable import TollgateShipping
 
 private func temporaryDirectory() -> String {
@@ -8,14 +9,24 @@ private func temporaryDirectory() -> String {
     return template.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)) } + "/spool"
 }
 
-/// Records n in `range`: id counter n, timestamp base + n, document {"n":n}.
+/// Records n in `range`: id counter n, timestamp base + n, document {"n":n}; handed over in
+/// threes, as loop iterations do, so offsets must carry across pieces.
 private func records(_ range: Range<Int>) -> BulkRecords {
-    var records = BulkRecords(index: "autocode-traffic")
+    var lines = BulkLineWriter(index: "autocode-traffic")
+    var records = BulkRecords()
     for n in range {
-        Array("{\"n\":\(n)}".utf8).withUnsafeBytes {
-            records.append(timestampMilliseconds: 1_764_000_000_000 + Int64(n), id: RecordID(prefix: 7, counter: UInt64(n)), document: $0)
+        lines.beginRecord(timestampMilliseconds: 1_764_000_000_000 + Int64(n), id: RecordID(prefix: 7, counter: UInt64(n)))
+        lines.writer.beginObject()
+        lines.writer.field("n", n)
+        lines.writer.endObject()
+        lines.writer.newline()
+        lines.endRecord()
+        if lines.count == 3 {
+            records.append(lines)
+            lines.removeAll()
         }
     }
+    records.append(lines)
     return records
 }
 
