@@ -188,7 +188,10 @@ public struct JSONWriter: ~Copyable {
     /// 16 lower-case hex digits of `value`, inside an open string (record ids).
     public mutating func hexDigits(_ value: UInt64) {
         reserve(16)
-        writeHexDigits(value, to: storage + written)
+        for k in 0..<16 {
+            let nibble = UInt8(truncatingIfNeeded: value >> (60 - 4 * UInt64(k))) & 0xF
+            storage[written + k] = nibble < 10 ? 0x30 + nibble : 0x57 + nibble
+        }
         written += 16
     }
 
@@ -342,13 +345,5 @@ public struct JSONWriter: ~Copyable {
             v /= 10
         }
         written += width
-    }
-}
-
-/// The 16 lower-case hex digits of `value` at `destination` (record ids in JSON and in the spool).
-public func writeHexDigits(_ value: UInt64, to destination: UnsafeMutablePointer<UInt8>) {
-    for k in 0..<16 {
-        let nibble = UInt8((value >> (60 - 4 * UInt64(k))) & 0xF)
-        destination[k] = nibble < 10 ? 0x30 + nibble : 0x57 + nibble
     }
 }

@@ -26,14 +26,6 @@ public struct RecordID: Sendable, Equatable {
         out.hexDigits(counter)
         out.closeString()
     }
-
-    static let hexCount = 32
-
-    /// The 32 hex digits at `destination`.
-    func writeHex(to destination: UnsafeMutablePointer<UInt8>) {
-        writeHexDigits(prefix, to: destination)
-        writeHexDigits(counter, to: destination + 16)
-    }
 }
 
 /// Records as the lines of a `_bulk` body: per record a `create` action naming its daily index
@@ -133,9 +125,8 @@ public struct BulkLineWriter: ~Copyable {
     /// Writes the `create` action line of the record whose document follows.
     public mutating func beginRecord(timestampMilliseconds: Int64, id: RecordID) {
         dailyIndex.writeActionStart(for: timestampMilliseconds, into: &writer)
-        writer.hexDigits(id.prefix)
-        writer.hexDigits(id.counter)
-        writer.appendLiteral("\"}}")
+        id.write(into: &writer)
+        writer.literal("}}")
         writer.newline()
     }
 
@@ -152,7 +143,7 @@ public struct BulkLineWriter: ~Copyable {
 struct DailyIndex: Sendable {
     let base: String
     private var day = Int.min
-    /// `{"create":{"_index":"<name>","_id":"` for `day`.
+    /// `{"create":{"_index":"<name>","_id":` for `day`.
     private var actionStart: [UInt8] = []
 
     init(base: String) { self.base = base }
@@ -161,7 +152,7 @@ struct DailyIndex: Sendable {
         let recordDay = Int(milliseconds / 86_400_000)
         if recordDay != day {
             day = recordDay
-            actionStart = Array("{\"create\":{\"_index\":\"\(Self.name(base, day: recordDay))\",\"_id\":\"".utf8)
+            actionStart = Array("{\"create\":{\"_index\":\"\(Self.name(base, day: recordDay))\",\"_id\":".utf8)
         }
         actionStart.withUnsafeBytes { writer.rawJSON($0) }
     }

@@ -43,6 +43,22 @@ import TollgateIO
         }
     }
 
+    /// Every nibble value in every position, and random words: the digits `String(radix:)` gives.
+    @Test func writesSixteenHexDigits() {
+        var values: [UInt64] = [0, .max, 0x0123_4567_89AB_CDEF, 0xFEDC_BA98_7654_3210]
+        for nibble in 0..<UInt64(16) { values += (0..<16).map { nibble << (4 * $0) } }
+        var generator = SystemRandomNumberGenerator()
+        values += (0..<1000).map { _ in generator.next() }
+        for value in values {
+            var out = JSONWriter(capacity: 8)
+            out.openString()
+            out.hexDigits(value)
+            out.closeString()
+            let hex = String(value, radix: 16)
+            #expect(String(decoding: out.bytes, as: UTF8.self) == "\"" + String(repeating: "0", count: 16 - hex.count) + hex + "\"")
+        }
+    }
+
     @Test func writesNestedFieldsNumbersAndTimestamps() {
         var out = JSONWriter(capacity: 4)
         out.beginObject()
