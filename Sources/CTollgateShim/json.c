@@ -121,8 +121,8 @@ struct tg_secret_headers {
     size_t marker_len;
 };
 
-// A name's length (high half) and first four bytes with bit 0x20 set (low half), the case
-// folding same_name uses.
+// A name's length (high half) and first four bytes with bit 0x20 set (low half): names equal
+// under same_name have equal keys (this folding is coarser), so keys rule out most others.
 static inline uint64_t name_key(const unsigned char *name, size_t len) {
     uint32_t prefix = 0;
     if (len >= 4) {
@@ -137,11 +137,14 @@ static inline uint64_t name_key(const unsigned char *name, size_t len) {
 // Accept-Ranges, Server and Cookie all looked alike.
 static inline uint64_t name_bit(uint64_t key) { return 1ull << ((key * 0x9E3779B97F4A7C15ull) >> 58); }
 
-// Header names are tokens: folding bit 0x20 compares letters case-insensitively and leaves
-// no two distinct token characters equal.
+// Names compared case-insensitively: only A-Z fold, so '^' and '~' (0x5E, 0x7E, both token
+// characters) stay distinct, as they did not when bit 0x20 was set in every byte.
 static int same_name(const unsigned char *a, const unsigned char *b, size_t len) {
-    for (size_t i = 0; i < len; i++)
-        if ((a[i] | 0x20) != (b[i] | 0x20)) return 0;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char x = a[i], y = b[i];
+        if (x == y) continue;
+        if ((x | 0x20) != (y | 0x20) || (unsigned char)((x | 0x20) - 'a') >= 26) return 0;
+    }
     return 1;
 }
 
@@ -196,6 +199,11 @@ static inline tg_header_span span_at(const unsigned char *fields, size_t stride,
     return span;
 }
 
+// Whether the field `span` of the head at `base` is named `name`.
+static inline int is_named(const unsigned char *base, tg_header_span span, const unsigned char *name, size_t len) {
+    return (size_t)span.name_count == len && same_name(base + span.name_start, name, len);
+}
+
 size_t tg_json_headers_bound(const tg_secret_headers *secrets, size_t head_len, size_t count) {
     // Per field at most: a comma, quotes and colon around the name, quotes around the value,
     // ", " joining it to an earlier one, or the marker instead of it; every name and value
@@ -226,8 +234,7 @@ size_t tg_json_headers(void *dst, const void *head, const void *fields, size_t c
         if (may_repeat) {
             int written_before = 0;
             for (size_t j = 0; j < i && !written_before; j++) {
-                tg_header_span earlier = span_at(records, stride, j);
-                written_before = (size_t)earlier.name_count == len && same_name(base + earlier.name_start, name, len);
+                written_before = is_named(base, span_at(records, stride, j), name, len);
             }
             if (written_before) continue;
         }
@@ -241,7 +248,7 @@ size_t tg_json_headers(void *dst, const void *head, const void *fields, size_t c
             o += tg_json_escape(out + o, base + span.value_start, (size_t)span.value_count);
             for (size_t j = i + 1; may_repeat && j < count; j++) {
                 tg_header_span later = span_at(records, stride, j);
-                if ((size_t)later.name_count != len || !same_name(base + later.name_start, name, len)) continue;
+                if (!is_named(base, later, name, len)) continue;
                 out[o++] = ',';
                 out[o++] = ' ';
                 o += tg_json_escape(out + o, base + later.value_start, (size_t)later.value_count);

@@ -177,11 +177,13 @@ public struct JSONWriter: ~Copyable {
         needsComma = true
     }
 
-    /// A JSON value that `write` (an encoder of the C shim) puts into `maxBytes` of room and
-    /// returns the length of.
+    /// A JSON value (after `key`) that `write`, an encoder of the C shim, puts into `maxBytes`
+    /// of room and returns the length of.
     public mutating func rawJSON(maxBytes: Int, _ write: (UnsafeMutableRawPointer) -> Int) {
         reserve(maxBytes)
-        written += write(storage + written)
+        let length = write(storage + written)
+        assert(length <= maxBytes, "an encoder wrote \(length) bytes into \(maxBytes)")
+        written += length
         needsComma = true
     }
 

@@ -6,8 +6,8 @@ import Synchronization
 import TollgateIO
 
 /// Appends encoded flow records to `log.file` on its own thread. Event loops hand over bytes
-/// through a bounded queue and never wait: when the queue is full the record is counted as
-/// dropped. The file is rotated at midnight UTC (`flows-YYYY-MM-DD.ndjson.gz`), and rotated
+/// through a bounded queue and never wait: records that do not fit when the queue is full are
+/// counted as dropped. The file is rotated at midnight UTC (`flows-YYYY-MM-DD.ndjson.gz`), and rotated
 /// files older than the retention are deleted — the stack design's daily/30-day retention.
 public final class FlowLog: Sendable {
     private struct State {

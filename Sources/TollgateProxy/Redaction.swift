@@ -30,10 +30,12 @@ public struct Redaction: Sendable {
     /// Writes headers as an object of lower-case names to values (repeated fields comma-joined,
     /// secret ones replaced by the marker), straight from the head's bytes in one shim call.
     func write(_ headers: Headers, into out: inout JSONWriter) {
-        let secrets = secretHeaders.table
-        headers.withFieldSpans { head, fields, count, stride in
-            out.rawJSON(maxBytes: tg_json_headers_bound(secrets, head.count, count)) { destination in
-                tg_json_headers(destination, head.baseAddress, fields, count, stride, secrets)
+        withExtendedLifetime(secretHeaders) { owner in
+            let secrets = owner.table
+            headers.withFieldSpans { head, fields, count, stride in
+                out.rawJSON(maxBytes: tg_json_headers_bound(secrets, head.count, count)) { destination in
+                    tg_json_headers(destination, head.baseAddress, fields, count, stride, secrets)
+                }
             }
         }
     }
@@ -41,7 +43,7 @@ public struct Redaction: Sendable {
 
 /// The shim's table of secret header names, owned: built once per configuration, read by
 /// every event loop, never changed.
-private final class SecretHeaderTable: @unchecked Sendable {
+private final class SecretHeaderTable: @unchecked Sendable {  // immutable after init: loops only read it
     let table: OpaquePointer
 
     init(names: Set<String>, marker: String) {

@@ -126,7 +126,8 @@ final class Worker: TimerTarget, @unchecked Sendable {  // confined to `loop`'s 
     /// Encodes the records of this loop iteration and hands them to the sinks: one run of the
     /// encoder for all of them keeps its code and buffers in cache, where encoding each between
     /// the proxy's own events evicted both, and slowed the proxy's code down as well. Records
-    /// are encoded straight into the shipper's `_bulk` lines, handed over once per iteration.
+    /// are encoded straight into the shipper's `_bulk` lines, handed over once per iteration;
+    /// the file sink alone gets them once per iteration too, beside the shipper once per record.
     private func encodePendingRecords() {
         guard !pendingRecords.isEmpty else { return }
         let shipper = settings.shipper

@@ -117,13 +117,16 @@ typedef struct tg_secret_headers tg_secret_headers;
 /// NULL when out of memory.
 tg_secret_headers *tg_secret_headers_new(const void *names, const size_t *lengths, size_t count, const void *marker,
                                          size_t marker_len);
+/// Frees a table of tg_secret_headers_new (NULL is ignored).
 void tg_secret_headers_free(tg_secret_headers *table);
 /// Room `tg_json_headers` may need for `count` fields of a head of `head_len` bytes.
 size_t tg_json_headers_bound(const tg_secret_headers *secrets, size_t head_len, size_t count);
 /// Header fields as a JSON object at `dst`: names (tokens) lower-cased, values escaped, the
 /// values of a repeated name joined with ", " under its first occurrence, secret names' values
 /// replaced by the marker. `fields` holds `count` records `stride` bytes apart, each starting
-/// with a tg_header_span into `head`. Returns the bytes written.
+/// with a tg_header_span into `head`; the spans must lie within the head's `head_len` bytes
+/// and not overlap one another (as a parsed head's names and values do), which the bound
+/// relies on. `secrets` must not be NULL. Returns the bytes written.
 size_t tg_json_headers(void *dst, const void *head, const void *fields, size_t count, size_t stride,
                        const tg_secret_headers *secrets);
 
