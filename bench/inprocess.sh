@@ -78,7 +78,7 @@ SECTION=$(
   echo
   echo "Issue 5's aim: encoding plus batching at least 200,000 records/s on one core."
   echo
-  echo "The record: a plain-HTTP request record with 5 request headers and the 9 response headers of an nginx \`/1k\` answer, its port, duration, timestamp and id varying per record (about 1.2 KB of JSON). The second row is the shipper's whole path without I/O: the loop's encoding and hand-off into the queue as \`_bulk\` lines (a \`create\` action, then the document), the spool writer's compression of 5,000 queued records into one spool entry (Tollgate's own deflate: one hash probe per position, one fixed-Huffman block; CRC-32 of the lines and CRC-32C of the entry), and the sender's gzip \`_bulk\` body, the entry's chunk joined between a gzip header and trailer without recompressing."
+  echo "The record: a plain-HTTP request record with 5 request headers and the 9 response headers of an nginx \`/1k\` answer, its port, duration, timestamp and id varying per record (about 1.2 KB of JSON). The second row is the shipper's whole path without I/O: the loop's encoding into, and hand-off (ten records at a time, as a loop iteration does) to, the queue as \`_bulk\` lines (a \`create\` action, then the document), the spool writer's compression of 5,000 queued records into one spool entry (Tollgate's own deflate: one hash probe per position, one fixed-Huffman block; CRC-32 of the lines and CRC-32C of the entry), and the sender's gzip \`_bulk\` body, the entry's chunk joined between a gzip header and trailer without recompressing."
   echo
   echo "$RECORDS"
   echo
