@@ -566,7 +566,10 @@ public final class Spool: Sendable {
 
     private func persistAck(_ position: SpoolPosition) {
         // Not written: the previous position stays, and only re-delivers what its _ids dedupe.
-        _ = replaceFile(directory + "/ack", with: Array("\(position.segment):\(position.offset)\n".utf8))
+        guard replaceFile(directory + "/ack", with: Array("\(position.segment):\(position.offset)\n".utf8)) == nil else { return }
+        // The rename (and the unlinks of the segments it frees) outlive a power loss only once
+        // the directory is synced; once per bulk request, on the sender's thread.
+        syncDirectory()
     }
 
     /// Replaces the file at `path` with `bytes` through `<path>.tmp`, synced and then renamed,
