@@ -470,7 +470,6 @@ public final class Spool: Sendable {
             _ = truncate(path(segment), off_t(first.lowerBound))
             return kept(first.lowerBound, entries.filter { $0.upperBound <= first.lowerBound })
         }
-        syncDirectory()
         for span in damaged {
             let saved = directory + "/damaged-\(segment)-\(span.lowerBound)"
             let fd = open(saved, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
@@ -566,15 +565,15 @@ public final class Spool: Sendable {
 
     private func persistAck(_ position: SpoolPosition) {
         // Not written: the previous position stays, and only re-delivers what its _ids dedupe.
-        guard replaceFile(directory + "/ack", with: Array("\(position.segment):\(position.offset)\n".utf8)) == nil else { return }
-        // The rename (and the unlinks of the segments it frees) outlive a power loss only once
-        // the directory is synced; once per bulk request, on the sender's thread.
-        syncDirectory()
+        // Synced with the directory (see replaceFile), which also keeps the unlinks of the
+        // segments it frees: once per bulk request, on the sender's thread.
+        _ = replaceFile(directory + "/ack", with: Array("\(position.segment):\(position.offset)\n".utf8))
     }
 
     /// Replaces the file at `path` with `bytes` through `<path>.tmp`, synced and then renamed,
-    /// so that a crash leaves the old file or the new one, whole. Nil on success; on failure
-    /// the old file is left as it was and the error returned.
+    /// the directory synced after the rename: a crash or power loss leaves the old file or the
+    /// new one, whole. Nil on success; on failure the old file is left as it was and the error
+    /// returned.
     private func replaceFile(_ path: String, with bytes: [UInt8]) -> Errno? {
         let temporary = path + ".tmp"
         let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
@@ -584,7 +583,7 @@ public final class Spool: Sendable {
         if failure == nil && fdatasync(fd) != 0 { failure = Errno(rawValue: errno) }
         close(fd)
         if failure == nil && rename(temporary, path) != 0 { failure = Errno(rawValue: errno) }
-        if failure != nil { unlink(temporary) }
+        if failure != nil { unlink(temporary) } else { syncDirectory() }
         return failure
     }
 
