@@ -177,12 +177,16 @@ public struct JSONWriter: ~Copyable {
         needsComma = true
     }
 
-    /// A JSON value (after `key`) that `write`, an encoder of the C shim, puts into `maxBytes`
-    /// of room and returns the length of.
-    public mutating func rawJSON(maxBytes: Int, _ write: (UnsafeMutableRawPointer) -> Int) {
+    /// Header fields as a JSON object (after `key`), from a head's bytes and its fields'
+    /// offsets (`fields`: `count` records `stride` bytes apart, each starting with a
+    /// `tg_header_span`): names lower-cased, a repeated name's values joined with ", ", the
+    /// values of `secrets` replaced by its marker. One shim call for the whole object.
+    public mutating func headerObject(head: UnsafeRawBufferPointer, fields: UnsafeRawPointer?, count: Int, stride: Int,
+                                      secrets: SecretHeaderNames) {
+        let maxBytes = tg_json_headers_bound(secrets.table, head.count, count)
         reserve(maxBytes)
-        let length = write(storage + written)
-        assert(length <= maxBytes, "an encoder wrote \(length) bytes into \(maxBytes)")
+        let length = tg_json_headers(storage + written, head.baseAddress, fields, count, stride, secrets.table)
+        assert(length <= maxBytes, "tg_json_headers wrote \(length) bytes into \(maxBytes)")
         written += length
         needsComma = true
     }
@@ -348,4 +352,23 @@ public struct JSONWriter: ~Copyable {
         }
         written += width
     }
+}
+
+/// Header names whose values records never show, and the marker shown instead: the shim's
+/// table for `JSONWriter.headerObject`, built once per configuration.
+public final class SecretHeaderNames: @unchecked Sendable {  // immutable after init: loops only read it
+    let table: OpaquePointer
+
+    /// `names` in lower case.
+    public init(_ names: Set<String>, marker: String) {
+        let names = Array(names)
+        let markerBytes = Array(marker.utf8)
+        guard let table = tg_secret_headers_new(names.flatMap { Array($0.utf8) }, names.map { $0.utf8.count }, names.count,
+                                                markerBytes, markerBytes.count) else {
+            fatalError("out of memory building the secret header table")
+        }
+        self.table = table
+    }
+
+    deinit { tg_secret_headers_free(table) }
 }

@@ -1,4 +1,3 @@
-import CTollgateShim
 import TollgateHTTP
 import TollgateIO
 
@@ -10,11 +9,11 @@ public struct Redaction: Sendable {
     /// Substrings that make a query parameter secret (matched case-insensitively).
     private static let secretParameterParts = ["token", "key", "secret", "password", "passwd", "auth", "signature", "sig",
                                                "credential", "session"]
-    /// Names of headers whose values are never recorded, as the shim's header writer reads them.
-    private let secretHeaders: SecretHeaderTable
+    /// Names of headers whose values are never recorded.
+    private let secretHeaders: SecretHeaderNames
 
     public init(extraHeaders: [String]) {
-        secretHeaders = SecretHeaderTable(names: Set(Self.builtInHeaders + extraHeaders.map { $0.lowercased() }), marker: Self.marker)
+        secretHeaders = SecretHeaderNames(Set(Self.builtInHeaders + extraHeaders.map { $0.lowercased() }), marker: Self.marker)
     }
 
     /// The query with the values of secret-looking parameters replaced.
@@ -30,32 +29,8 @@ public struct Redaction: Sendable {
     /// Writes headers as an object of lower-case names to values (repeated fields comma-joined,
     /// secret ones replaced by the marker), straight from the head's bytes in one shim call.
     func write(_ headers: Headers, into out: inout JSONWriter) {
-        withExtendedLifetime(secretHeaders) { owner in
-            let secrets = owner.table
-            headers.withFieldSpans { head, fields, count, stride in
-                out.rawJSON(maxBytes: tg_json_headers_bound(secrets, head.count, count)) { destination in
-                    tg_json_headers(destination, head.baseAddress, fields, count, stride, secrets)
-                }
-            }
+        headers.withFieldSpans { head, fields, count, stride in
+            out.headerObject(head: head, fields: fields, count: count, stride: stride, secrets: secretHeaders)
         }
     }
-}
-
-/// The shim's table of secret header names, owned: built once per configuration, read by
-/// every event loop, never changed.
-private final class SecretHeaderTable: @unchecked Sendable {  // immutable after init: loops only read it
-    let table: OpaquePointer
-
-    init(names: Set<String>, marker: String) {
-        let names = Array(names)
-        let joined = names.flatMap { Array($0.utf8) }
-        let lengths = names.map { $0.utf8.count }
-        let markerBytes = Array(marker.utf8)
-        guard let table = tg_secret_headers_new(joined, lengths, names.count, markerBytes, markerBytes.count) else {
-            fatalError("out of memory building the secret header table")
-        }
-        self.table = table
-    }
-
-    deinit { tg_secret_headers_free(table) }
 }

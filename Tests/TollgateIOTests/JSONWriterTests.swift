@@ -1,7 +1,7 @@
 import CTollgateShim
 import Foundation
 import Testing
-import TollgateIO
+@testable import TollgateIO
 
 /// Calls `body` with the address `length` bytes before the end of a page that an unmapped page
 /// follows: reading or writing past those bytes faults, which kills the test run.
@@ -12,21 +12,6 @@ private func atPageEnd(_ length: Int, _ body: (UnsafeMutableRawPointer) throws -
     defer { munmap(mapping, pages * page) }
     #expect(mprotect(mapping + (pages - 1) * page, page, PROT_NONE) == 0)
     try body(mapping + (pages - 1) * page - length)
-}
-
-/// A secret-name table of the shim for `body` (`names` lower case).
-private func withSecretHeaders(_ names: [String], marker: String, _ body: (OpaquePointer) throws -> Void) throws {
-    let lengths = names.map { $0.utf8.count }
-    let markerBytes = Array(marker.utf8)
-    let table = try #require(tg_secret_headers_new(names.flatMap { Array($0.utf8) }, lengths, names.count, markerBytes, markerBytes.count))
-    defer { tg_secret_headers_free(table) }
-    try body(table)
-}
-
-/// `tg_json_headers` of `head` and `spans` into `output`; returns the bytes written.
-private func headerObject(_ head: UnsafeRawPointer, _ spans: [tg_header_span], _ secrets: OpaquePointer,
-                          into output: UnsafeMutableRawPointer) -> Int {
-    spans.withUnsafeBytes { tg_json_headers(output, head, $0.baseAddress, spans.count, MemoryLayout<tg_header_span>.stride, secrets) }
 }
 
 @Suite struct JSONWriterTests {
@@ -70,24 +55,26 @@ private func headerObject(_ head: UnsafeRawPointer, _ spans: [tg_header_span], _
     /// Header names and values ending right before an unmapped page: the shim's sixteen-byte
     /// loads of their tails must not touch it.
     @Test func headerObjectsReadNothingPastTheEndOfAHead() throws {
-        try withSecretHeaders([], marker: "[redacted]") { secrets in
-            for length in 1...40 {
-                let text = Array("Content-Type-ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789".utf8.prefix(length))
-                let n = Int32(length)
-                // The text as a name with an empty value, then as a one-byte name (the first
-                // byte) and the rest as its value, ending at the page's end.
-                let cases = [(tg_header_span(name_start: 0, name_count: n, value_start: n, value_count: 0),
-                              [String(decoding: text, as: UTF8.self).lowercased(): ""]),
-                             (tg_header_span(name_start: 0, name_count: 1, value_start: 1, value_count: n - 1),
-                              [String(decoding: text.prefix(1), as: UTF8.self).lowercased(): String(decoding: text.dropFirst(), as: UTF8.self)])]
-                try atPageEnd(length) { head in
-                    text.withUnsafeBytes { head.copyMemory(from: $0.baseAddress!, byteCount: length) }
-                    for (span, expected) in cases {
-                        var output = [UInt8](repeating: 0, count: tg_json_headers_bound(secrets, length, 1))
-                        let written = output.withUnsafeMutableBytes { headerObject(head, [span], secrets, into: $0.baseAddress!) }
-                        let object = try #require(try JSONSerialization.jsonObject(with: Data(output.prefix(written))) as? [String: String])
-                        #expect(object == expected, "length \(length)")
+        let secrets = SecretHeaderNames([], marker: "[redacted]")
+        for length in 1...40 {
+            let text = Array("Content-Type-ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789".utf8.prefix(length))
+            let n = Int32(length)
+            // The text as a name with an empty value, then as a one-byte name (the first
+            // byte) and the rest as its value, ending at the page's end.
+            let cases = [(tg_header_span(name_start: 0, name_count: n, value_start: n, value_count: 0),
+                          [String(decoding: text, as: UTF8.self).lowercased(): ""]),
+                         (tg_header_span(name_start: 0, name_count: 1, value_start: 1, value_count: n - 1),
+                          [String(decoding: text.prefix(1), as: UTF8.self).lowercased(): String(decoding: text.dropFirst(), as: UTF8.self)])]
+            try atPageEnd(length) { head in
+                text.withUnsafeBytes { head.copyMemory(from: $0.baseAddress!, byteCount: length) }
+                for (span, expected) in cases {
+                    var out = JSONWriter(capacity: 8)
+                    withUnsafeBytes(of: span) {
+                        out.headerObject(head: UnsafeRawBufferPointer(start: head, count: length), fields: $0.baseAddress, count: 1,
+                                         stride: MemoryLayout<tg_header_span>.stride, secrets: secrets)
                     }
+                    let object = try #require(try JSONSerialization.jsonObject(with: Data(out.bytes)) as? [String: String])
+                    #expect(object == expected, "length \(length)")
                 }
             }
         }
@@ -99,28 +86,31 @@ private func headerObject(_ head: UnsafeRawPointer, _ spans: [tg_header_span], _
     /// for nothing), and no fields at all.
     @Test func headerObjectsStayWithinTheirBound() throws {
         let marker = String(repeating: "[redacted]", count: 4)
-        try withSecretHeaders(["s"], marker: marker) { secrets in
-            var head: [UInt8] = []
-            var spans: [tg_header_span] = []
-            var expected: [String: String] = [:]
-            for index in 0..<60 {
-                let secret = index % 3 == 0
-                let name = secret ? "s" : String(UnicodeScalar(UInt8(ascii: "A") + UInt8(index % 5)))
-                let value = String(repeating: "\u{01}", count: secret ? 0 : index % 7)
-                spans.append(tg_header_span(name_start: Int32(head.count), name_count: 1, value_start: Int32(head.count + 1),
-                                            value_count: Int32(value.utf8.count)))
-                head += Array(name.utf8) + Array(value.utf8)
-                let key = name.lowercased()
-                expected[key] = secret ? marker : expected[key].map { $0 + ", " + value } ?? value
-            }
-            for count in [0, spans.count] {
-                let bound = tg_json_headers_bound(secrets, head.count, count)
-                try atPageEnd(bound) { output in
-                    let written = head.withUnsafeBytes { headerObject($0.baseAddress!, Array(spans.prefix(count)), secrets, into: output) }
-                    #expect(written <= bound)
-                    let object = try #require(try JSONSerialization.jsonObject(with: Data(bytes: output, count: written)) as? [String: String])
-                    #expect(object == (count == 0 ? [:] : expected))
+        let secrets = SecretHeaderNames(["s"], marker: marker)
+        var head: [UInt8] = []
+        var spans: [tg_header_span] = []
+        var expected: [String: String] = [:]
+        for index in 0..<60 {
+            let secret = index % 3 == 0
+            let name = secret ? "s" : String(UnicodeScalar(UInt8(ascii: "A") + UInt8(index % 5)))
+            let value = String(repeating: "\u{01}", count: secret ? 0 : index % 7)
+            spans.append(tg_header_span(name_start: Int32(head.count), name_count: 1, value_start: Int32(head.count + 1),
+                                        value_count: Int32(value.utf8.count)))
+            head += Array(name.utf8) + Array(value.utf8)
+            let key = name.lowercased()
+            expected[key] = secret ? marker : expected[key].map { $0 + ", " + value } ?? value
+        }
+        for count in [0, spans.count] {
+            let bound = tg_json_headers_bound(secrets.table, head.count, count)
+            try atPageEnd(bound) { output in
+                let written = head.withUnsafeBytes { head in
+                    Array(spans.prefix(count)).withUnsafeBytes {
+                        tg_json_headers(output, head.baseAddress, $0.baseAddress, count, MemoryLayout<tg_header_span>.stride, secrets.table)
+                    }
                 }
+                #expect(written <= bound)
+                let object = try #require(try JSONSerialization.jsonObject(with: Data(bytes: output, count: written)) as? [String: String])
+                #expect(object == (count == 0 ? [:] : expected))
             }
         }
     }
