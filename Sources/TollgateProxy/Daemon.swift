@@ -54,8 +54,9 @@ public final class Daemon {
     /// sets the count, for a set-user-ID start, or (with a warning) when it cannot re-execute.
     /// Call before anything else: the process is replaced.
     public static func tuneAllocatorCache() {
-        if tg_reexec_with_malloc_tunables(CommandLine.unsafeArgv) != 0 {
-            Log.warning("could not re-execute with GLIBC_TUNABLES=glibc.malloc.tcache_count=256; running with glibc's default cache")
+        let count: Int32 = 256
+        if tg_reexec_with_malloc_tunables(CommandLine.unsafeArgv, count) != 0 {
+            Log.warning("could not re-execute with GLIBC_TUNABLES=glibc.malloc.tcache_count=\(count); running with glibc's default cache")
         }
     }
 

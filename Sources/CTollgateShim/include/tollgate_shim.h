@@ -66,9 +66,9 @@ int tg_semaphore_eventfd(void);
 /// instead of being returned to the kernel (malloc.h is not part of Swift's Glibc module).
 void tg_keep_freed_memory(void);
 /// Re-executes the program (argv as given) with glibc's per-thread cache of freed chunks raised
-/// from 7 to 256 per size. Returns 0 when that is not needed (GLIBC_TUNABLES sets the count
+/// from 7 to `count` per size. Returns 0 when that is not needed (GLIBC_TUNABLES sets the count
 /// already, or a set-user-ID start), -1 when it could not be done.
-int tg_reexec_with_malloc_tunables(char *const argv[]);
+int tg_reexec_with_malloc_tunables(char *const argv[], int count);
 
 /// gzip (RFC 1952) of `len` bytes into `out` (capacity `cap`); returns the compressed size or -1.
 long tg_gzip(const void *in, size_t len, void *out, size_t cap);
